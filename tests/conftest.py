@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random RoBERTa checkpoint with a freshly trained tokenizer.
+
+Nothing here touches the network; the checkpoint is built once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from roberta_lora.toy_model import DEFAULT_CORPUS, make_toy_roberta, toy_config  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local checkpoint dir: hidden 32, 2 layers, 4 heads, byte-level BPE tokenizer."""
+    return make_toy_roberta(tmp_path_factory.mktemp("tiny-roberta"), corpus=DEFAULT_CORPUS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def tiny_config():
+    """A RobertaConfig of the test size (random weights, no files)."""
+    return toy_config(vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data when present; tests that need it are skipped otherwise."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
