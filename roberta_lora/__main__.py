@@ -1,0 +1,7 @@
+"""`python -m roberta_lora ...` runs the same CLI as `roberta-lora ...`."""
+
+import sys
+
+from roberta_lora.cli import main
+
+sys.exit(main())
