@@ -11,6 +11,8 @@ from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.heads import HEAD_KINDS
 
 TASK_TYPES = ("glue", "squad_v1", "squad_v2")
+# What trains: LoRA (+ the flagged extras and the head), only the head, or every parameter.
+METHODS = ("lora", "head", "full")
 FORMAT_VERSION = 1
 
 
@@ -29,6 +31,8 @@ class AdapterConfig:
     base_model: the hub id or path the base was loaded from (informational; may be overridden).
     base_fingerprint: hash of base weights the adapter was trained on; loading checks it.
     task: the task name (e.g. "sst2") when trained by the toolkit. metrics: validation results.
+    method: "lora" (default); "head" (only the head trains, no LoRA); "full" (every parameter trains,
+        so the "adapter" holds the whole model): the baselines the tutorials compare LoRA with.
     """
 
     task_type: str = "glue"
@@ -47,6 +51,7 @@ class AdapterConfig:
     base_fingerprint: str | None = None
     task: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    method: str = "lora"
     package_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -69,6 +74,8 @@ class AdapterConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 problems.append(f"{name}={value!r} (expected a number in [0, 1))")
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} (expected one of {list(METHODS)})")
         if self.head not in HEAD_KINDS:
             problems.append(f"head={self.head!r} (expected one of {list(HEAD_KINDS)})")
         if problems:

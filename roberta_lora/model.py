@@ -66,6 +66,7 @@ class LoraWrapperRoberta(nn.Module):
         seed: when given, the LoRA A draw and the head initialisation are reproducible (the global RNG is untouched).
         attn_implementation: "sdpa" or "eager" to override the checkpoint's choice.
         task: the task name to record in the adapter (e.g. "sst2").
+        method: "lora" (default), "head" (no LoRA, only the head trains) or "full" (everything trains).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class LoraWrapperRoberta(nn.Module):
         seed: int | None = None,
         attn_implementation: str | None = None,
         task: str | None = None,
+        method: str = "lora",
     ) -> None:
         super().__init__()
         if task_type == "glue" and num_classes is None:
@@ -105,6 +107,7 @@ class LoraWrapperRoberta(nn.Module):
             head_dropout=head_dropout,
             base_model=None if isinstance(model_id, (RobertaConfig, RobertaModel)) else str(model_id),
             task=task,
+            method=method,
             package_version=__version__,
         )
         self.adapter_config.validate()
@@ -115,9 +118,11 @@ class LoraWrapperRoberta(nn.Module):
         self.config = self.roberta.config
         # Computed before anything is trained or merged: this is "the base" adapters are checked against.
         cfg.base_fingerprint = base_fingerprint(self.roberta)
-        self.replaced_modules = inject_lora(
-            self.roberta, cfg.targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, generator
-        )
+        self.replaced_modules: list[str] = []
+        if cfg.method == "lora":
+            self.replaced_modules = inject_lora(
+                self.roberta, cfg.targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, generator
+            )
         logger.info("LoRA (r=%d) on %d modules: %s ...", cfg.lora_rank, len(self.replaced_modules), self.replaced_modules[:2])
         device = next(self.roberta.parameters()).device
         if cfg.task_type == "glue":
@@ -140,7 +145,12 @@ class LoraWrapperRoberta(nn.Module):
         """Train only LoRA factors, the head, and the base tensors the config asks for."""
         cfg = self.adapter_config
         for parameter in self.parameters():
-            parameter.requires_grad = False
+            parameter.requires_grad = cfg.method == "full"
+        if cfg.method == "full":
+            return
+        self.head_module.requires_grad_(True)
+        if cfg.method == "head":
+            return
         for module in self.roberta.modules():
             if cfg.train_layer_norms and isinstance(module, nn.LayerNorm):
                 module.requires_grad_(True)
@@ -151,7 +161,6 @@ class LoraWrapperRoberta(nn.Module):
         for layer in lora_layers(self.roberta).values():
             layer.lora_A.weight.requires_grad = True
             layer.lora_B.weight.requires_grad = True
-        self.head_module.requires_grad_(True)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly the tensors an adapter file holds: every parameter that trains."""
@@ -255,7 +264,7 @@ class LoraWrapperRoberta(nn.Module):
 
     def _check_compatible(self, config: AdapterConfig, directory: Path, allow_base_mismatch: bool) -> None:
         ours = self.adapter_config
-        fields = ("task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases", "train_layer_norms",
+        fields = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases", "train_layer_norms",
                   "train_embeddings")
         differences = [f"{f}: adapter {getattr(config, f)!r} vs model {getattr(ours, f)!r}" for f in fields
                        if getattr(config, f) != getattr(ours, f)]
@@ -309,6 +318,7 @@ class LoraWrapperRoberta(nn.Module):
             label_names=config.label_names,
             attn_implementation=attn_implementation,
             task=config.task,
+            method=config.method,
         )
         model.load_adapter(directory, allow_base_mismatch=allow_base_mismatch)
         if not isinstance(base, (str, Path)):

@@ -162,3 +162,19 @@ def test_summary_mentions_counts() -> None:
 def test_missing_base_model_offline_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="--model"):
         LoraWrapperRoberta(model_id=str(tmp_path / "no-such-model"))
+
+
+def test_head_and_full_methods(tiny_model_dir, tmp_path) -> None:
+    head_only = LoraWrapperRoberta(model_id=str(tiny_model_dir), method="head", seed=0)
+    assert head_only.replaced_modules == [] and not lora_layers(head_only)
+    assert {n for n, p in head_only.named_parameters() if p.requires_grad} == {
+        n for n, _ in head_only.named_parameters() if n.startswith("classifier.")
+    }
+    full = LoraWrapperRoberta(model_id=str(tiny_model_dir), method="full", seed=0)
+    assert all(p.requires_grad for p in full.parameters())
+    head_only.save_adapter(tmp_path)
+    restored = LoraWrapperRoberta.from_adapter(tmp_path)
+    assert restored.adapter_config.method == "head"
+    ids, mask = inputs()
+    with torch.no_grad():
+        assert torch.equal(restored(ids, mask).logits, head_only.eval()(ids, mask).logits)
