@@ -14,8 +14,8 @@ __all__ = [
     "__version__",
 ]
 
-from roberta_lora.lora import LoraLinear  # noqa: E402
 from roberta_lora.injection import LoraRobertaSelfAttention  # noqa: E402
+from roberta_lora.lora import LoraLinear  # noqa: E402
 from roberta_lora.model import LoraWrapperRoberta  # noqa: E402
 
 __all__ += ["LoraLinear", "LoraRobertaSelfAttention", "LoraWrapperRoberta"]
