@@ -33,6 +33,8 @@ class AdapterConfig:
     task: the task name (e.g. "sst2") when trained by the toolkit. metrics: validation results.
     method: "lora" (default); "head" (only the head trains, no LoRA); "full" (every parameter trains,
         so the "adapter" holds the whole model): the baselines the tutorials compare LoRA with.
+    max_length / doc_stride: tokenization used in training (None: the task's default), reused by
+        `evaluate` and `predict` so they see inputs exactly as training did.
     """
 
     task_type: str = "glue"
@@ -52,6 +54,8 @@ class AdapterConfig:
     task: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     method: str = "lora"
+    max_length: int | None = None
+    doc_stride: int | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -115,6 +119,8 @@ def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
     """A small structural type check for JSON-decoded values (no pickle, no eval)."""
     if spec.name in ("base_model", "base_fingerprint", "task"):
         return value is None or isinstance(value, str)
+    if spec.name in ("max_length", "doc_stride"):
+        return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
     if spec.name in ("label_names", "targets"):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if spec.name == "metrics":
