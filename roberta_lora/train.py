@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,6 +110,9 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     unwrapped: LoraWrapperRoberta = accelerator.unwrap_model(model)
     metrics = epoch_metrics(history.epochs[-1]) if history.epochs else {}
     for epoch in range(start_epoch, epochs):
+        # Through the prepared loader: accelerate re-sets the sampler's epoch from its own
+        # iteration counter at every pass, and that counter restarts at 0 in a resumed process.
+        loader.set_epoch(epoch)
         sampler.set_epoch(epoch)
         model.train()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
@@ -192,7 +196,7 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
@@ -203,7 +207,10 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
 def make_accelerator(config: TrainConfig) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
-    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
+    # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
+    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def attach_log_file(run_dir: Path, accelerator: Accelerator) -> logging.Handler:

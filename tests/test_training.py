@@ -1,0 +1,215 @@
+"""End-to-end training on a tiny model and tiny data in the real file formats."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from roberta_lora.cli import main
+from roberta_lora.evaluation import evaluate_adapter
+from roberta_lora.train import train
+from roberta_lora.train_config import TrainConfig
+
+from fixtures_glue import write_glue_fixture, write_squad_fixture
+
+
+def config(model_dir: Path, data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
+    values = dict(task="mrpc", model=str(model_dir), data_dir=str(data_dir), output_dir=str(run_dir), epochs=2,
+                  batch_size=8, eval_batch_size=8, cache_dir=str(run_dir.parent / "cache"))
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("glue")
+    for task in ("mrpc", "sst2", "rte", "stsb"):
+        write_glue_fixture(root, task, n_train=32, n_dev=13)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mrpc_run(tiny_model_dir, glue_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "mrpc"
+    return train(config(tiny_model_dir, glue_dir, run_dir), progress=False)
+
+
+def test_glue_run_writes_every_output(mrpc_run) -> None:
+    run = mrpc_run.run_dir
+    for name in ("adapter/adapter.safetensors", "adapter/adapter_config.json", "adapter/README.md",
+                 "best/adapter.safetensors", "metrics.jsonl", "config.json", "train.log", "curves.png",
+                 "checkpoint/training_state.pt", "checkpoint/adapter/adapter.safetensors",
+                 "eval/validation/predictions.jsonl"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"eval_accuracy", "eval_f1", "train_loss", "learning_rate"} <= set(records[0])
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (run / "adapter" / "README.md").read_text()
+    assert "mrpc" in card and "from_adapter" in card and "accuracy" in card
+    assert json.loads((run / "config.json").read_text())["resolved"]["total_steps"] == 8
+    assert len((run / "eval/validation/predictions.jsonl").read_text().splitlines()) == 13
+    stored = json.loads((run / "adapter/adapter_config.json").read_text())["metrics"]
+    assert stored == mrpc_run.metrics == {k.removeprefix("eval_"): v for k, v in records[-1].items()
+                                          if k.startswith("eval_")}
+
+
+def test_evaluate_reproduces_stored_metrics_exactly(mrpc_run, glue_dir) -> None:
+    for folder in ("adapter", "best"):
+        adapter = mrpc_run.run_dir / folder
+        stored = json.loads((adapter / "adapter_config.json").read_text())["metrics"]
+        assert evaluate_adapter(adapter, data_dir=glue_dir, batch_size=8) == stored
+
+
+def test_learning_rate_schedule_at_known_steps(mrpc_run) -> None:
+    state = torch.load(mrpc_run.run_dir / "checkpoint/training_state.pt", weights_only=True)
+    rates = state["history"]["learning_rates"]
+    # 32 examples / batch 8 = 4 steps per epoch, 2 epochs = 8 steps, warm-up round(8/3) = 3 steps.
+    expected = [5e-4 * s / 3 if s < 3 else 5e-4 * (8 - s) / 5 for s in range(8)]
+    assert rates == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert state["scheduler"]["last_epoch"] == 8
+
+
+def test_resume_after_interruption_gives_the_same_adapter(tiny_model_dir, glue_dir, tmp_path, monkeypatch) -> None:
+    import roberta_lora.train as train_module
+
+    whole = train(config(tiny_model_dir, glue_dir, tmp_path / "whole", epochs=3, task="sst2"), progress=False)
+    real_evaluate = train_module.evaluate_task
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2's evaluation")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_task", crash_in_second_epoch)
+    cut = config(tiny_model_dir, glue_dir, tmp_path / "cut", epochs=3, task="sst2")
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, progress=False)
+    monkeypatch.setattr(train_module, "evaluate_task", real_evaluate)
+    with pytest.raises(Exception, match="--resume"):
+        train(config(tiny_model_dir, glue_dir, tmp_path / "cut", epochs=3, task="sst2"), progress=False)
+    resumed = train(config(tiny_model_dir, glue_dir, tmp_path / "cut", epochs=3, task="sst2", resume=True),
+                    progress=False)
+    ours = load_file(resumed.run_dir / "adapter/adapter.safetensors")
+    reference = load_file(whole.run_dir / "adapter/adapter.safetensors")
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert resumed.metrics == whole.metrics
+    assert len((resumed.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_squad_v2_run_and_reevaluation(tiny_model_dir, tmp_path) -> None:
+    data = write_squad_fixture(tmp_path / "data" / "squad" / "dev-v2.0.json", version=2)
+    write_squad_fixture(tmp_path / "data" / "squad" / "train-v2.0.json", version=2)
+    result = train(TrainConfig(task="squad_v2", model=str(tiny_model_dir), data_dir=str(tmp_path / "data"),
+                               output_dir=str(tmp_path / "run"), epochs=2, batch_size=4, eval_batch_size=4,
+                               max_length=64, doc_stride=16, cache_dir=str(tmp_path / "cache")), progress=False)
+    for name in ("predictions.json", "nbest_predictions.json", "null_odds.json"):
+        assert (result.run_dir / "eval" / "validation" / name).is_file(), name
+    assert {"exact", "f1", "HasAns_exact", "NoAns_exact", "best_f1"} <= set(result.metrics)
+    assert evaluate_adapter(result.run_dir / "adapter", data_dir=tmp_path / "data", batch_size=4) == result.metrics
+    # The official-format predictions file scores to the same numbers through `score`.
+    assert data.is_file()
+
+
+def test_init_from_copies_lora_and_reinitialises_a_different_head(mrpc_run, tiny_model_dir, glue_dir,
+                                                                      tmp_path) -> None:
+    from roberta_lora.model import LoraWrapperRoberta
+    from roberta_lora.warm_start import warm_start_from_adapter
+
+    source = mrpc_run.run_dir / "adapter"
+    same_labels = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=1, label_names=["not_equivalent", "equivalent"])
+    copied = warm_start_from_adapter(same_labels, source)
+    assert any(name.startswith("classifier.") for name in copied)
+    other = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=1, num_classes=1)
+    fresh_head = other.classifier.out_proj.weight.detach().clone()
+    copied = warm_start_from_adapter(other, source)
+    assert not any(name.startswith("classifier.") for name in copied)
+    assert torch.equal(other.classifier.out_proj.weight, fresh_head)
+    tensors = load_file(source / "adapter.safetensors")
+    name = "roberta.encoder.layer.0.attention.self.query.lora_B.weight"
+    assert torch.equal(dict(other.named_parameters())[name], tensors[name])
+    # And from the CLI: STS-B (regression) warm-started from the MRPC adapter.
+    code = main(["train", "--task", "stsb", "--model", str(tiny_model_dir), "--data-dir", str(glue_dir),
+                 "--output-dir", str(tmp_path / "stsb"), "--epochs", "1", "--batch-size", "8",
+                 "--init-from", str(source), "--no-progress", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0 and (tmp_path / "stsb/adapter/adapter.safetensors").is_file()
+
+
+def test_predict_and_score_commands(mrpc_run, glue_dir, capsys) -> None:
+    adapter = mrpc_run.run_dir / "adapter"
+    assert main(["predict", "--adapter", str(adapter), "--text", "A cat sat.", "--text-pair", "The cat sat."]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["label"] in ("not_equivalent", "equivalent") and set(line["scores"]) == {"not_equivalent", "equivalent"}
+    assert math.isclose(sum(line["scores"].values()), 1.0, abs_tol=1e-5)
+    predictions = mrpc_run.run_dir / "eval/validation/predictions.jsonl"
+    assert main(["score", "--task", "mrpc", "--data", str(glue_dir), "--predictions", str(predictions)]) == 0
+    assert json.loads(capsys.readouterr().out) == mrpc_run.metrics
+
+
+def test_head_and_full_methods_and_train_all_table(tiny_model_dir, glue_dir, tmp_path, capsys) -> None:
+    code = main(["train-all", "--tasks", "rte,stsb", "--methods", "lora,head,full", "--model", str(tiny_model_dir),
+                 "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "16", "--output-dir",
+                 str(tmp_path / "all"), "--no-progress", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    table = (tmp_path / "all/results.md").read_text()
+    assert "| task | lora | head | full |" in table and "**GLUE average**" in table
+    rows = (tmp_path / "all/results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and rows[0].startswith("task,method,main_metric,task_score")
+    head_config = json.loads((tmp_path / "all/rte-head/adapter/adapter_config.json").read_text())
+    assert head_config["method"] == "head"
+    sizes = {m: (tmp_path / f"all/rte-{m}/adapter/adapter.safetensors").stat().st_size for m in ("lora", "head", "full")}
+    assert sizes["head"] < sizes["lora"] < sizes["full"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "sst2", "--rank", "0", "--model", "{model}", "--data-dir", "{data}"], "lora_rank=0"),
+    (["train", "--task", "sst2", "--model", "{model}", "--data-dir", "{missing}"], "no such file or folder"),
+    (["train", "--task", "nosuchtask", "--model", "{model}"], "nosuchtask"),
+    (["train", "--task", "sst2", "--model", "roberta-base"], "--model"),
+    (["train", "--task", "sst2", "--model", "{model}"], "--data-dir"),
+    (["evaluate", "--adapter", "{missing}"], "does not exist"),
+    (["train", "--task", "sst2", "--model", "{model}", "--data-dir", "{data}", "--mixed-precision", "fp16"], "CUDA"),
+])
+def test_cli_errors_are_one_clear_line(argv, message, tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    filled = [a.format(model=tiny_model_dir, data=glue_dir, missing=tmp_path / "missing") for a in argv]
+    assert main([*filled, "--cache-dir", str(tmp_path / "c")] if argv[0] == "train" else filled) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_flag_value_is_rejected_by_argparse(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--task", "sst2", "--epochs", "two"])
+    assert info.value.code == 2 and "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny_model_dir, glue_dir, tmp_path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    # `--cpu --num_processes 2` starts ONE process in accelerate >= 1.x (its simple launcher fans out only
+    # through mpirun); `--multi_gpu` on a machine without CUDA starts 2 gloo processes on the CPU.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "roberta_lora", "train", "--task", "sst2", "--model", str(tiny_model_dir),
+               "--data-dir", str(glue_dir), "--output-dir", str(run), "--epochs", "1", "--batch-size", "4",
+               "--eval-batch-size", "4", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["resolved"]["num_processes"] == 2
+    lines = [json.loads(x) for x in (run / "eval/validation/predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in lines) == list(range(13)), "each validation example exactly once"
+    stored = json.loads((run / "adapter/adapter_config.json").read_text())["metrics"]
+    # One process re-evaluating the saved adapter sees the same numbers the two processes reported.
+    assert evaluate_adapter(run / "adapter", data_dir=glue_dir, batch_size=4) == stored
