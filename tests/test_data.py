@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_glue import TASK_DIRS, write_glue_fixture, write_squad_fixture
 
 from roberta_lora import data as data_module
 from roberta_lora.data import (
@@ -19,6 +18,8 @@ from roberta_lora.data import (
 )
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.tasks import load_task
+
+from fixtures_glue import TASK_DIRS, write_glue_fixture, write_squad_fixture
 
 
 @pytest.mark.parametrize("task", sorted(TASK_DIRS))

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_glue import TASK_DIRS, glue_rows, sentence, write_glue_fixture, write_tsv
 
 from roberta_lora.errors import DataError
 from roberta_lora.glue_files import GLUE_LAYOUTS, read_glue_tsv
 from roberta_lora.tasks import load_task
+
+from fixtures_glue import TASK_DIRS, glue_rows, sentence, write_glue_fixture, write_tsv
 
 GLUE_TASKS = sorted(TASK_DIRS)
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures_glue import squad_document, write_squad_fixture
 
 from roberta_lora.errors import DataError
 from roberta_lora.squad_files import read_squad_file, squad_features
+
+from fixtures_glue import squad_document, write_squad_fixture
 
 
 def test_official_v1(tmp_path: Path) -> None:
