@@ -56,6 +56,7 @@ def plot_curves(path: Path, history: RunHistory, main_metric: str) -> None:
         if key.removeprefix("eval_").startswith(main_metric):
             axes[2].plot(epochs, [r.get(key) for r in history.epochs], marker="o", label=key.removeprefix("eval_"))
     axes[2].set(title="validation", xlabel="epoch")
+    axes[2].xaxis.get_major_locator().set_params(integer=True)
     axes[2].legend()
     figure.tight_layout()
     atomic_write_with(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))

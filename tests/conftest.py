@@ -14,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny test models gain nothing from threads, and OpenMP threads competing with other processes
+# for 2 cores can make each step 30x slower. Subprocesses (accelerate launch, notebooks) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from roberta_lora.toy_model import DEFAULT_CORPUS, make_toy_roberta, toy_config  # noqa: E402
 

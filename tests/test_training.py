@@ -213,3 +213,25 @@ def test_accelerate_launch_two_cpu_processes(tiny_model_dir, glue_dir, tmp_path)
     stored = json.loads((run / "adapter/adapter_config.json").read_text())["metrics"]
     # One process re-evaluating the saved adapter sees the same numbers the two processes reported.
     assert evaluate_adapter(run / "adapter", data_dir=glue_dir, batch_size=4) == stored
+
+
+def test_config_file_grad_accum_max_steps_and_bf16(tiny_model_dir, glue_dir, tmp_path) -> None:
+    from roberta_lora.tasks import load_task
+    from roberta_lora.train_config import resolve_train_config
+
+    (tmp_path / "recipe.toml").write_text("[recipe]\nlearning_rate = 1e-3\nlora_rank = 4\n\nmax_length = 32\n")
+    overrides = {"model": str(tiny_model_dir), "data_dir": str(glue_dir), "output_dir": str(tmp_path / "run"),
+                 "grad_accum": 2, "batch_size": 4, "max_steps": 3, "mixed_precision": "bf16",
+                 "lora_rank": 2, "cache_dir": str(tmp_path / "cache")}
+    config = resolve_train_config(load_task("rte"), overrides, tmp_path / "recipe.toml")
+    # Flags beat the file, the file beats the task recipe.
+    assert (config.learning_rate, config.lora_rank, config.max_length, config.epochs) == (1e-3, 2, 32, 6)
+    result = train(config, progress=False)
+    resolved = json.loads((result.run_dir / "config.json").read_text())["resolved"]
+    assert resolved["total_steps"] == 3 and resolved["steps_per_epoch"] == 4  # 32 rows / 4 / 2
+    state = torch.load(result.run_dir / "checkpoint/training_state.pt", weights_only=True)
+    assert state["global_step"] == 3 and len(state["history"]["losses"]) == 3
+    assert json.loads((result.run_dir / "adapter/adapter_config.json").read_text())["lora_rank"] == 2
+    (tmp_path / "bad.toml").write_text("learning_rat = 1\n")
+    with pytest.raises(Exception, match="unknown setting.*learning_rat"):
+        resolve_train_config(load_task("rte"), {}, tmp_path / "bad.toml")
