@@ -42,7 +42,9 @@ def build_classification_head(
     if kind == "light":
         head: nn.Module = LightClassificationHead(config.hidden_size, num_classes, dropout)
     elif kind == "roberta":
-        head_config = RobertaConfig(**{**config.to_dict(), "num_labels": num_classes, "classifier_dropout": dropout})
+        # id2label/label2id of the base would clash with num_labels (transformers logs an error).
+        base = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+        head_config = RobertaConfig(**{**base, "num_labels": num_classes, "classifier_dropout": dropout})
         head = RobertaClassificationHead(head_config)
     else:
         raise ConfigError(f"unknown head kind {kind!r}; expected one of {list(HEAD_KINDS)} (e.g. --head light)")

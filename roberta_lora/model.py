@@ -1,8 +1,17 @@
-"""`LoraWrapperRoberta`: a frozen RoBERTa encoder with LoRA, a task head and small adapter files."""
+"""`LoraWrapperRoberta`: a frozen RoBERTa encoder with LoRA, a task head and small adapter files.
+
+One model can hold several named adapters (`load_adapter(dir, name)`, `set_adapter(name)`, see
+multi_adapter.py), fold the active one into the base (`merge_adapter()`), combine adapters
+(`add_weighted_adapter`) and hand out standalone transformers models (`merge_and_unload()`,
+see merge_export.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +21,7 @@ from torch import nn
 from transformers import RobertaConfig, RobertaModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
-from roberta_lora import __version__
+from roberta_lora import __version__, multi_adapter
 from roberta_lora.adapter_config import AdapterConfig
 from roberta_lora.adapter_io import (
     base_fingerprint,
@@ -24,14 +33,24 @@ from roberta_lora.adapter_io import (
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.heads import build_classification_head, build_question_answering_head
 from roberta_lora.injection import inject_lora, lora_layers, resolve_targets
+from roberta_lora.multi_adapter import DEFAULT_ADAPTER, AdapterBank, adapter_parameters, head_name
 
 logger = logging.getLogger(__name__)
 
 BaseSpec = str | Path | RobertaConfig | RobertaModel
 
 
-def load_base_encoder(model_id: BaseSpec, attn_implementation: str | None = None) -> RobertaModel:
-    """A RoBERTa encoder (no pooler) from a hub id, a local checkpoint dir, a config (random weights) or a model."""
+def load_base_encoder(
+    model_id: BaseSpec, attn_implementation: str | None = None, quantize: str | None = None
+) -> RobertaModel:
+    """A RoBERTa encoder (no pooler) from a hub id, a local checkpoint dir, a config (random weights) or a model.
+
+    `quantize` ("4bit" or "8bit") loads the checkpoint's linear layers through bitsandbytes (CUDA only).
+    """
+    if quantize not in (None, "none"):
+        from roberta_lora.quantization import load_quantized_encoder
+
+        return load_quantized_encoder(model_id, quantize, attn_implementation)
     if isinstance(model_id, RobertaModel):
         return model_id
     if isinstance(model_id, RobertaConfig):
@@ -43,7 +62,8 @@ def load_base_encoder(model_id: BaseSpec, attn_implementation: str | None = None
     try:
         return RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False, **kwargs)
     except OSError as error:
-        local_hint = "it is not a local directory" if not Path(str(model_id)).is_dir() else "the directory is incomplete"
+        # os.path.isdir, not Path.is_dir: it returns False (no OSError) for names the OS refuses, e.g. too long.
+        local_hint = "it is not a local directory" if not os.path.isdir(str(model_id)) else "the directory is incomplete"
         raise ConfigError(
             f"could not load the base model {str(model_id)!r} ({local_hint}; {str(error).splitlines()[0]}). "
             "Without network access pass a local checkpoint directory, e.g. --model /path/to/roberta-base "
@@ -67,6 +87,10 @@ class LoraWrapperRoberta(nn.Module):
         attn_implementation: "sdpa" or "eager" to override the checkpoint's choice.
         task: the task name to record in the adapter (e.g. "sst2").
         method: "lora" (default), "head" (no LoRA, only the head trains) or "full" (everything trains).
+        quantize: None, "4bit" (NF4, bf16 compute) or "8bit": load the frozen base through bitsandbytes
+            (needs CUDA); LoRA factors and the head stay in full precision.
+
+    The adapter built here is named "default"; more can be loaded next to it by name.
     """
 
     def __init__(
@@ -88,8 +112,10 @@ class LoraWrapperRoberta(nn.Module):
         attn_implementation: str | None = None,
         task: str | None = None,
         method: str = "lora",
+        quantize: str | None = None,
     ) -> None:
         super().__init__()
+        self._bank = AdapterBank(active=DEFAULT_ADAPTER)
         if task_type == "glue" and num_classes is None:
             num_classes = len(label_names) if label_names else 2
         self.adapter_config = AdapterConfig(
@@ -112,9 +138,12 @@ class LoraWrapperRoberta(nn.Module):
         )
         self.adapter_config.validate()
         cfg = self.adapter_config
+        if quantize not in (None, "none") and method == "full":
+            raise ConfigError(f"method='full' trains every base weight, which a {quantize} base cannot hold; "
+                              "use method='lora' with --quantize, or drop --quantize")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-        self.roberta = load_base_encoder(model_id, attn_implementation)
+        self.roberta = load_base_encoder(model_id, attn_implementation, quantize)
         self.config = self.roberta.config
         # Computed before anything is trained or merged: this is "the base" adapters are checked against.
         cfg.base_fingerprint = base_fingerprint(self.roberta)
@@ -131,40 +160,42 @@ class LoraWrapperRoberta(nn.Module):
         else:
             self.qa_outputs = build_question_answering_head(self.config, generator).to(device)
         self.freeze_base()
+        # Before any training: the base values this adapter will overwrite (biases, LayerNorms, ...).
+        self._bank.base_names[DEFAULT_ADAPTER] = multi_adapter.overwritten_base_names(self.adapter_state_dict())
+        multi_adapter.snapshot_pristine(self, self._bank.base_names[DEFAULT_ADAPTER])
 
     # ----------------------------------------------------------------------------- structure
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The active adapter's configuration (its task type and head decide what `forward` returns)."""
+        return self._bank.configs[self._bank.active]
+
+    @adapter_config.setter
+    def adapter_config(self, config: AdapterConfig) -> None:
+        self._bank.configs[self._bank.active] = config
+
     @property
     def task_type(self) -> str:
         return self.adapter_config.task_type
 
     @property
     def head_module(self) -> nn.Module:
-        return self.classifier if self.task_type == "glue" else self.qa_outputs
+        return getattr(self, head_name(self.adapter_config))
 
     def freeze_base(self) -> None:
-        """Train only LoRA factors, the head, and the base tensors the config asks for."""
-        cfg = self.adapter_config
-        for parameter in self.parameters():
-            parameter.requires_grad = cfg.method == "full"
-        if cfg.method == "full":
-            return
-        self.head_module.requires_grad_(True)
-        if cfg.method == "head":
-            return
-        for module in self.roberta.modules():
-            if cfg.train_layer_norms and isinstance(module, nn.LayerNorm):
-                module.requires_grad_(True)
-            elif cfg.train_embeddings and isinstance(module, nn.Embedding):
-                module.requires_grad_(True)
-            elif cfg.train_biases and isinstance(module, nn.Linear) and module.bias is not None:
-                module.bias.requires_grad = True
-        for layer in lora_layers(self.roberta).values():
-            layer.lora_A.weight.requires_grad = True
-            layer.lora_B.weight.requires_grad = True
+        """Train only what the adapter holds: LoRA factors, the head, and the base tensors the config asks for
+        (method "head": the head only; "full": everything)."""
+        self.requires_grad_(False)
+        for parameter in adapter_parameters(self.roberta, self.head_module, self.adapter_config).values():
+            parameter.requires_grad = True
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly the tensors the active adapter's file holds (those `freeze_base` makes trainable), not copied."""
+        return {n: p.detach() for n, p in adapter_parameters(self.roberta, self.head_module, self.adapter_config).items()}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Exactly the tensors an adapter file holds: every parameter that trains."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        """Alias of `adapter_state_dict` (the tensors an adapter file holds)."""
+        return self.adapter_state_dict()
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -217,7 +248,8 @@ class LoraWrapperRoberta(nn.Module):
 
     # ----------------------------------------------------------------------------- merge
     def merge_adapter(self) -> None:
-        """Fold every LoRA update into its base weight (idempotent)."""
+        """Fold the active adapter's LoRA updates into the base weights (idempotent): inference then
+        costs what the base costs. Biases, LayerNorms and the head are already in place."""
         for layer in lora_layers(self.roberta).values():
             layer.merge()
 
@@ -230,26 +262,110 @@ class LoraWrapperRoberta(nn.Module):
     def merged(self) -> bool:
         return any(layer.merged for layer in lora_layers(self.roberta).values())
 
+    def merge_and_unload(self) -> nn.Module:
+        """A standalone model with the active adapter folded in; this model is left as it was.
+
+        SQuAD: transformers' `RobertaForQuestionAnswering`; GLUE with the "roberta" head:
+        `RobertaForSequenceClassification`; GLUE with the light head: `MergedLightClassifier`
+        (an encoder plus the light head). The copy costs one model's memory for a moment.
+        """
+        from roberta_lora.merge_export import standalone_model
+
+        return standalone_model(self)
+
+    def unload(self) -> RobertaModel:
+        """The plain base encoder (no LoRA; the base's own biases, LayerNorms and embeddings) as a new
+        `RobertaModel`; this model keeps its adapters."""
+        from roberta_lora.merge_export import plain_base_model
+
+        return plain_base_model(self)
+
+    # ----------------------------------------------------------------------------- several adapters
+    @property
+    def active_adapter(self) -> str:
+        """The name of the adapter the forward pass uses ("default" for the one the model was built with)."""
+        return self._bank.active
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of every loaded adapter, in load order."""
+        return list(self._bank.configs)
+
+    def set_adapter(self, name: str) -> None:
+        """Make `name` the active adapter: its LoRA layers, biases, LayerNorms and head take over.
+
+        The outgoing adapter's current tensors are kept (training progress is not lost). LoRA
+        layers and heads are rebuilt when rank, targets or head differ, so build the optimizer
+        after switching. A merged model stays merged (with the new adapter).
+        """
+        multi_adapter.set_adapter(self, name)
+
+    def delete_adapter(self, name: str) -> None:
+        """Forget an inactive adapter (the active one cannot be deleted: switch first)."""
+        multi_adapter.delete_adapter(self, name)
+
+    def disable_adapter(self) -> AbstractContextManager[LoraWrapperRoberta]:
+        """`with model.disable_adapter():` the encoder is the plain base (no LoRA, base biases and
+        LayerNorms); the active adapter's head still runs on top. Everything is restored on exit."""
+        return multi_adapter.disable_adapter(self)
+
+    def add_weighted_adapter(
+        self,
+        adapters: Sequence[str],
+        weights: Sequence[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        average_non_lora: bool = False,
+    ) -> AdapterConfig:
+        """Combine LoRA adapters on the same targets into a new (inactive) adapter; see
+        merge_export.add_weighted_adapter for the combination types and what happens to heads."""
+        from roberta_lora.merge_export import add_weighted_adapter
+
+        return add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, average_non_lora)
+
     # ----------------------------------------------------------------------------- files
-    def save_adapter(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write adapter.safetensors (trainable tensors only) and adapter_config.json, atomically."""
+    def save_adapter(self, directory: str | Path, metrics: dict | None = None, adapter_name: str | None = None) -> Path:
+        """Write adapter.safetensors (the adapter's tensors only) and adapter_config.json, atomically.
+
+        Args:
+            directory: the adapter folder to write.
+            metrics: stored in the config (default: the metrics it already holds).
+            adapter_name: which loaded adapter to save (default: the active one).
+        """
         directory = Path(directory)
-        config = replace(self.adapter_config, metrics=dict(metrics or self.adapter_config.metrics))
-        save_adapter_files(directory, self.trainable_state_dict(), config)
+        name = self.active_adapter if adapter_name is None else adapter_name
+        self._bank.require_known(name)
+        base = self._bank.configs[name]
+        if name == self.active_adapter:
+            self._bank.require_enabled("save the active adapter")
+        config = replace(base, metrics=dict(metrics or base.metrics))
+        save_adapter_files(directory, multi_adapter.adapter_tensors(self, name), config)
         return directory
 
-    def load_adapter(self, directory: str | Path, allow_base_mismatch: bool = False) -> AdapterConfig:
-        """Load a saved adapter onto this model (same task type, classes, rank, targets, head).
+    def load_adapter(
+        self, directory: str | Path, adapter_name: str | None = None, allow_base_mismatch: bool = False
+    ) -> AdapterConfig:
+        """Load a saved adapter.
+
+        Without `adapter_name` (or with the active adapter's name) the files replace the active
+        adapter's tensors, which must have the same shapes (task type, classes, rank, targets,
+        head). With a new name the adapter is added next to the others, any task or rank,
+        without becoming active: call `set_adapter(name)`.
 
         Raises AdapterError on a corrupt file, wrong keys or shapes, or a different base model
         (unless `allow_base_mismatch`, which only warns).
         """
-        config, digest = read_adapter_config(Path(directory))
-        self._check_compatible(config, Path(directory), allow_base_mismatch)
-        tensors = read_adapter_tensors(Path(directory), digest)
-        live = dict(self.named_parameters())
-        expected = {name: p for name, p in live.items() if p.requires_grad}
-        check_tensors(tensors, expected, str(Path(directory)))
+        directory = Path(directory)
+        if adapter_name is not None and adapter_name != self.active_adapter:
+            return multi_adapter.load_named_adapter(self, directory, adapter_name, allow_base_mismatch)
+        self._bank.require_enabled("load into the active adapter")
+        config, digest = read_adapter_config(directory)
+        self._check_compatible(config, directory)
+        self._check_base(config, directory, allow_base_mismatch)
+        tensors = read_adapter_tensors(directory, digest)
+        live = self.adapter_state_dict()
+        check_tensors(tensors, live, str(directory))
         was_merged = self.merged
         self.unmerge_adapter()
         with torch.no_grad():
@@ -262,17 +378,21 @@ class LoraWrapperRoberta(nn.Module):
         )
         return config
 
-    def _check_compatible(self, config: AdapterConfig, directory: Path, allow_base_mismatch: bool) -> None:
+    def _check_compatible(self, config: AdapterConfig, directory: Path) -> None:
         ours = self.adapter_config
-        fields = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases", "train_layer_norms",
-                  "train_embeddings")
+        fields = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases",
+                  "train_layer_norms", "train_embeddings")
         differences = [f"{f}: adapter {getattr(config, f)!r} vs model {getattr(ours, f)!r}" for f in fields
                        if getattr(config, f) != getattr(ours, f)]
         if differences:
             raise AdapterError(
                 f"adapter {directory} was built differently from this model ({'; '.join(differences)}); "
-                "use LoraWrapperRoberta.from_adapter(dir) to build a matching model"
+                "use LoraWrapperRoberta.from_adapter(dir) to build a matching model, or "
+                "load_adapter(dir, adapter_name=...) to load it next to the active adapter"
             )
+
+    def _check_base(self, config: AdapterConfig, directory: Path, allow_base_mismatch: bool) -> None:
+        ours = self.adapter_config
         if config.base_fingerprint and ours.base_fingerprint and config.base_fingerprint != ours.base_fingerprint:
             message = (
                 f"adapter {directory} was trained on base {config.base_model!r} (fingerprint {config.base_fingerprint}) "
@@ -290,6 +410,7 @@ class LoraWrapperRoberta(nn.Module):
         model_id: BaseSpec | None = None,
         allow_base_mismatch: bool = False,
         attn_implementation: str | None = None,
+        quantize: str | None = None,
     ) -> LoraWrapperRoberta:
         """Rebuild the model an adapter was saved from and load it.
 
@@ -297,6 +418,7 @@ class LoraWrapperRoberta(nn.Module):
             directory: the adapter folder.
             model_id: the base to load it on; defaults to the base recorded in the adapter.
             allow_base_mismatch: load even when the base fingerprint differs (warns).
+            quantize: "4bit" / "8bit" to load the base through bitsandbytes (CUDA only).
         """
         config, _ = read_adapter_config(Path(directory))
         base = model_id if model_id is not None else config.base_model
@@ -319,6 +441,7 @@ class LoraWrapperRoberta(nn.Module):
             attn_implementation=attn_implementation,
             task=config.task,
             method=config.method,
+            quantize=quantize,
         )
         model.load_adapter(directory, allow_base_mismatch=allow_base_mismatch)
         if not isinstance(base, (str, Path)):

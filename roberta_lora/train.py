@@ -62,6 +62,10 @@ class TrainResult:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one adapter as `config` says and write everything under its run folder."""
     config.validate()
+    if config.quantize != "none" or config.optim != "adamw":
+        from roberta_lora.quantization import check_qlora_options
+
+        check_qlora_options(config.quantize, config.optim)  # CUDA / bitsandbytes missing: fail before any work
     spec = load_task(config.task)
     run_dir = prepare_run_dir(config, spec)
     accelerator = make_accelerator(config)
@@ -207,6 +211,11 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
 def make_accelerator(config: TrainConfig) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
+    # accelerate keeps one global state per process; a second run in the same process (train-all,
+    # a notebook) may ask for other settings. The process group (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
     # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
