@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,19 +235,43 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "roberta_lora") / "tokenized"
 
 
-def _cache_key(dataset: datasets.Dataset, spec: TaskSpec, tokenizer: Any, max_length: int) -> str:
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's output: name, class, vocabulary (hashed) and truncation side."""
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    return {"tokenizer": tokenizer.name_or_path, "tokenizer_class": type(tokenizer).__name__,
+            "vocab_size": tokenizer.vocab_size, "len": len(tokenizer), "vocab": vocab,
+            "truncation_side": getattr(tokenizer, "truncation_side", None)}
+
+
+def dataset_fingerprint(dataset: datasets.Dataset) -> str:
+    """Content-based for in-memory datasets, file-based for hub ones."""
     from datasets.fingerprint import Hasher
 
-    # The fingerprint is content-based for in-memory datasets and file-based for hub ones.
-    fingerprint = getattr(dataset, "_fingerprint", None) or Hasher.hash(dataset.to_dict())
-    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-    parts = {
-        "format": CACHE_FORMAT, "dataset": fingerprint, "tokenizer": tokenizer.name_or_path,
-        "tokenizer_class": type(tokenizer).__name__, "vocab_size": tokenizer.vocab_size, "len": len(tokenizer),
-        "vocab": vocab, "truncation_side": getattr(tokenizer, "truncation_side", None), "max_length": max_length,
-        "text_columns": spec.text_columns, "label_column": spec.label_column, "kind": spec.kind,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return getattr(dataset, "_fingerprint", None) or Hasher.hash(dataset.to_dict())
+
+
+def cached_dataset(root: Path, key: dict[str, Any], build: Callable[[], datasets.Dataset], what: str) -> datasets.Dataset:
+    """Load the dataset saved under a hash of `key` in `root`, or build it and save it.
+
+    The new entry is written to a temporary folder and renamed, so an interrupted run never
+    leaves a half cache; when two processes build the same entry, the second copy is dropped.
+    """
+    import datasets
+
+    target = Path(root) / hashlib.sha256(
+        json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    if target.is_dir():
+        logger.info("loading %s from cache %s", what, target)
+        return datasets.load_from_disk(str(target))
+    built = build()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    built.save_to_disk(str(tmp))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same entry first; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
 
 
 def tokenize_classification(
@@ -275,11 +300,6 @@ def tokenize_classification(
     if missing:
         raise ConfigError(f"dataset lacks column(s) {missing} needed by task {spec.name!r}; it has {dataset.column_names}.")
     max_length = max_length or spec.max_length
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / _cache_key(dataset, spec, tokenizer, max_length)
-    if target.is_dir():
-        logger.info("loading tokenized %s from cache %s", spec.name, target)
-        return datasets.load_from_disk(str(target))
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[c] for c in spec.text_columns]  # one list, or two for a sentence pair
@@ -293,19 +313,16 @@ def tokenize_classification(
          "labels": datasets.Value(label_type)}
         | ({"idx": dataset.features["idx"]} if "idx" in dataset.column_names else {})
     )
-    tokenized = dataset.map(
-        encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "idx"],
-        features=features, keep_in_memory=True, load_from_cache_file=False, desc=f"Tokenizing {spec.name}",
+    key = {"dataset": dataset_fingerprint(dataset), **tokenizer_fingerprint(tokenizer), "max_length": max_length,
+           "text_columns": spec.text_columns, "label_column": spec.label_column, "kind": spec.kind}
+    return cached_dataset(
+        Path(cache_dir) if cache_dir is not None else default_cache_dir(), key,
+        lambda: dataset.map(
+            encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "idx"],
+            features=features, keep_in_memory=True, load_from_cache_file=False, desc=f"Tokenizing {spec.name}",
+        ),
+        f"tokenized {spec.name}",
     )
-    # Write to a temporary folder and rename, so an interrupted run never leaves a half cache.
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    tokenized.save_to_disk(str(tmp))
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished the same entry first; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
 
 
 def make_collator(tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:

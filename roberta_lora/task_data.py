@@ -9,13 +9,8 @@ put back in dataset order whatever the batching.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,15 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from roberta_lora.data import default_cache_dir, load_split, make_collator, tokenize_classification
+from roberta_lora.data import (
+    cached_dataset,
+    dataset_fingerprint,
+    default_cache_dir,
+    load_split,
+    make_collator,
+    tokenize_classification,
+    tokenizer_fingerprint,
+)
 from roberta_lora.squad import prepare_eval_features, prepare_train_features
 from roberta_lora.tasks import TaskSpec
 
@@ -87,11 +90,8 @@ def _features(
         return tokenize_classification(raw, spec, tokenizer, max_length=max_length, cache_dir=cache)
     stride = doc_stride or spec.doc_stride or 128
     prepare = prepare_train_features if training else prepare_eval_features
-    key = {
-        "kind": "squad-train" if training else "squad-eval", "fingerprint": raw._fingerprint,
-        "tokenizer": getattr(tokenizer, "name_or_path", ""), "class": type(tokenizer).__name__,
-        "vocab": len(tokenizer), "max_length": max_length, "stride": stride,
-    }
+    key = {"kind": "squad-train" if training else "squad-eval", "dataset": dataset_fingerprint(raw),
+           **tokenizer_fingerprint(tokenizer), "max_length": max_length, "stride": stride}
     return cached_dataset(
         cache, key,
         lambda: raw.map(
@@ -99,24 +99,8 @@ def _features(
             batched=True, remove_columns=raw.column_names, keep_in_memory=True, load_from_cache_file=False,
             desc=f"Windowing {spec.name} ({'train' if training else 'eval'})",
         ),
+        f"{spec.name} windows",
     )
-
-
-def cached_dataset(cache: Path, key: dict[str, Any], build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
-    """Load a dataset saved under a hash of `key`, or build it and save it atomically (temp dir + rename)."""
-    target = cache / hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    if target.is_dir():
-        logger.info("loading %s features from cache %s", key.get("kind"), target)
-        return datasets.load_from_disk(str(target))
-    built = build()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    built.save_to_disk(str(tmp))
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process wrote the same entry first; it is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
 
 
 class LengthGroupedSampler(Sampler[list[int]]):
