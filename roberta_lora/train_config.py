@@ -39,17 +39,17 @@ class TrainConfig:
     data_dir: str | None = None  # local data root (GLUE layout / squad JSON); None = the hub
     output_dir: str | None = None  # the run directory; default outputs/<task>/<timestamp>-<method>
     method: str = "lora"  # lora | head (only the head trains) | full (every parameter trains)
-    # --- recipe (defaults come from the task file) ---
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.1
-    batch_size: int = 16
-    learning_rate: float = 5e-4
-    epochs: int = 6
-    warmup_ratio: float = 1 / 3  # linear warm-up over this share of all steps, then linear decay to 0
-    weight_decay: float = 0.0
-    head: str = "light"
-    seed: int = 42
+    # --- recipe: the defaults are Recipe's (tasks.py); a run takes them from its task file ---
+    lora_rank: int = Recipe.lora_rank
+    lora_alpha: float = Recipe.lora_alpha
+    lora_dropout: float = Recipe.lora_dropout
+    batch_size: int = Recipe.batch_size
+    learning_rate: float = Recipe.learning_rate
+    epochs: int = Recipe.epochs
+    warmup_ratio: float = Recipe.warmup_ratio  # linear warm-up over this share of all steps, then decay to 0
+    weight_decay: float = Recipe.weight_decay
+    head: str = Recipe.head
+    seed: int = Recipe.seed
     # --- model ---
     targets: str = "query,value"  # query,value | all-linear | comma list of query,key,value,...
     head_dropout: float = 0.1
