@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.heads import HEAD_KINDS
+from roberta_lora.injection import resolve_targets
 
 TASK_TYPES = ("glue", "squad_v1", "squad_v2")
 # What trains: LoRA (+ the flagged extras and the head), only the head, or every parameter.
 METHODS = ("lora", "head", "full")
 FORMAT_VERSION = 1
+# Upper bounds, so that a stranger's config cannot make `from_adapter` allocate without limit
+# before the tensors are checked: a rank above the hidden size (768 / 1024) adds nothing, and a
+# GLUE-style head with more classes than this is not what the toolkit is for.
+MAX_LORA_RANK = 1024
+MAX_NUM_CLASSES = 10_000
 
 
 @dataclass
@@ -64,16 +72,17 @@ class AdapterConfig:
         problems = []
         if self.task_type not in TASK_TYPES:
             problems.append(f"task_type={self.task_type!r} (expected one of {list(TASK_TYPES)})")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
-            problems.append(f"num_classes={self.num_classes!r} (expected an integer >= 1; 1 means regression)")
+        if not _int_in(self.num_classes, 1, MAX_NUM_CLASSES):
+            problems.append(f"num_classes={self.num_classes!r} (expected an integer in 1..{MAX_NUM_CLASSES}; "
+                            "1 means regression)")
         if self.task_type.startswith("squad") and self.num_classes != 2:
             problems.append(f"num_classes={self.num_classes!r} for {self.task_type} (the span head always has 2)")
         if self.label_names and len(self.label_names) != self.num_classes:
             problems.append(f"label_names has {len(self.label_names)} names but num_classes={self.num_classes}")
-        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 1:
-            problems.append(f"lora_rank={self.lora_rank!r} (expected a positive integer, e.g. 8)")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            problems.append(f"lora_alpha={self.lora_alpha!r} (expected a positive number)")
+        if not _int_in(self.lora_rank, 1, MAX_LORA_RANK):
+            problems.append(f"lora_rank={self.lora_rank!r} (expected an integer in 1..{MAX_LORA_RANK}, e.g. 8)")
+        if not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+            problems.append(f"lora_alpha={self.lora_alpha!r} (expected a positive finite number)")
         for name in ("lora_dropout", "head_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -82,6 +91,10 @@ class AdapterConfig:
             problems.append(f"method={self.method!r} (expected one of {list(METHODS)})")
         if self.head not in HEAD_KINDS:
             problems.append(f"head={self.head!r} (expected one of {list(HEAD_KINDS)})")
+        try:
+            resolve_targets(self.targets)
+        except ConfigError as error:
+            problems.append(f"targets={self.targets!r:.200} ({error})")
         if problems:
             raise ConfigError("invalid adapter configuration: " + "; ".join(problems))
 
@@ -115,9 +128,22 @@ class AdapterConfig:
         return config
 
 
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _could_be_a_path(value: str) -> bool:
+    """A hub id or a local path: no NUL byte, at most 4096 characters, each part at most 255."""
+    return "\0" not in value and 0 < len(value) <= 4096 and all(len(part) <= 255 for part in re.split(r"[/\\]", value))
+
+
 def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
     """A small structural type check for JSON-decoded values (no pickle, no eval)."""
-    if spec.name in ("base_model", "base_fingerprint", "task"):
+    if spec.name == "base_model":  # `from_adapter` opens it: it must be something a path or a hub id can be
+        return value is None or (isinstance(value, str) and _could_be_a_path(value))
+    if spec.name == "base_fingerprint":  # as adapter_io.base_fingerprint writes it; "" would skip the check
+        return value is None or (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None)
+    if spec.name == "task":
         return value is None or isinstance(value, str)
     if spec.name in ("max_length", "doc_stride"):
         return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)

@@ -264,9 +264,15 @@ def cached_dataset(root: Path, key: dict[str, Any], build: Callable[[], datasets
         logger.info("loading %s from cache %s", what, target)
         return datasets.load_from_disk(str(target))
     built = build()
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    built.save_to_disk(str(tmp))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built.save_to_disk(str(tmp))
+    except OSError as error:  # a cache is an optimisation: carry on without it, but say why
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.warning("cannot write the %s cache under %s (%s); continuing without a cache "
+                       "(choose a writable --cache-dir or $ROBERTA_LORA_CACHE)", what, target.parent, error)
+        return built
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished the same entry first; theirs is identical

@@ -199,10 +199,10 @@ def _validated_row(
             line,
         )
     for text, start in zip(texts, starts, strict=True):
-        if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int):
+        if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise DataError(
                 f"{where}: question {qid!r} has answer text {text!r} at {start!r}; expected a non-empty "
-                "string and an integer answer_start.",
+                "string and a non-negative integer answer_start.",
                 str(path),
                 line,
             )

@@ -22,11 +22,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from roberta_lora.adapter_io import atomic_write_text
+from roberta_lora.adapter_io import atomic_write_text, check_tensors
 from roberta_lora.errors import ConfigError, RobertaLoraError
 from roberta_lora.evaluation import evaluate_task
 from roberta_lora.model import LoraWrapperRoberta
 from roberta_lora.run_files import (
+    STATE_NAME,
     RunHistory,
     load_training_state,
     plot_curves,
@@ -108,7 +109,9 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
 
     history, start_epoch, global_step, best = RunHistory(), 0, 0, {"epoch": -1, "value": None, "metrics": {}}
-    if config.resume:
+    if config.resume and not (run_dir / "checkpoint" / STATE_NAME).exists():
+        logger.warning("%s has no finished epoch to resume from; starting from the beginning", run_dir)
+    elif config.resume:
         start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, accelerator, model, optimizer,
                                                                          scheduler)
     unwrapped: LoraWrapperRoberta = accelerator.unwrap_model(model)
@@ -125,10 +128,11 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 if not torch.isfinite(loss.detach()):
+                    kept = (f"the last good checkpoint (epoch {len(history.epochs)}) is kept in "
+                            f"{run_dir / 'checkpoint'}" if history.epochs else "no epoch had finished, nothing was saved")
                     raise TrainingDivergedError(
-                        f"loss became {loss.item()} at step {global_step + 1} (epoch {epoch + 1}); the last good "
-                        f"checkpoint is kept in {run_dir / 'checkpoint'}. Lower --lr, use --mixed-precision no, "
-                        "or check the data"
+                        f"loss became {loss.item()} at step {global_step + 1} (epoch {epoch + 1}); {kept}. "
+                        "Lower --lr, use --mixed-precision no, or check the data"
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
@@ -194,7 +198,8 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config.output_dir = str(Path("outputs") / spec.name / f"{stamp}-{config.method}")
     run_dir = Path(config.output_dir)
-    if not config.resume and (run_dir / "checkpoint").exists():
+    # The state file is the checkpoint's commit point: a folder without it is an unfinished first epoch.
+    if not config.resume and (run_dir / "checkpoint" / STATE_NAME).exists():
         raise ConfigError(
             f"{run_dir} already holds a training run; pass --resume to continue it or choose another --output-dir"
         )
@@ -300,11 +305,17 @@ def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: Tas
 
 def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, scheduler: Any, epoch: int,
                     global_step: int, best: dict[str, Any], history: RunHistory) -> None:
-    """Adapter + optimizer + scheduler + RNG state after a finished epoch (each file atomic)."""
+    """Everything a resume needs after a finished epoch, in ONE atomically written file.
+
+    training_state.pt holds the trained tensors, optimizer, scheduler and RNG state together, so a
+    kill at any moment leaves either the previous epoch's checkpoint or this one, never a mix.
+    checkpoint/adapter/ is a readable copy (written first); resuming never reads it.
+    """
     checkpoint = run_dir / "checkpoint"
     model.save_adapter(checkpoint / "adapter")
     save_training_state(checkpoint, {
         "epoch": epoch, "global_step": global_step, "best": best, "history": asdict(history),
+        "tensors": {name: t.detach().cpu().clone() for name, t in model.trainable_state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
     })
 
@@ -312,7 +323,13 @@ def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, sc
 def resume_from_checkpoint(run_dir: Path, accelerator: Accelerator, model: Any, optimizer: Any,
                            scheduler: Any) -> tuple[int, int, dict[str, Any], RunHistory]:
     state = load_training_state(run_dir / "checkpoint")
-    accelerator.unwrap_model(model).load_adapter(run_dir / "checkpoint" / "adapter")
+    unwrapped = accelerator.unwrap_model(model)
+    live = dict(unwrapped.named_parameters())
+    expected = {name: live[name] for name in unwrapped.trainable_state_dict()}
+    check_tensors(state["tensors"], expected, str(run_dir / "checkpoint" / STATE_NAME))
+    with torch.no_grad():
+        for name, tensor in state["tensors"].items():
+            live[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])

@@ -207,3 +207,13 @@ def test_collator_pads_per_batch(tmp_path: Path, tiny_tokenizer, cache_dir: Path
     assert batch["labels"].tolist() == [0, 1, 0, 1] and str(batch["labels"].dtype) == "torch.int64"
     padded = make_collator(tiny_tokenizer, pad_to_multiple_of=8)(rows)
     assert padded["input_ids"].shape[1] % 8 == 0
+
+
+def test_unwritable_cache_dir_warns_and_continues(tmp_path: Path, tiny_tokenizer, caplog) -> None:
+    write_glue_fixture(tmp_path, "sst2", n_train=4, n_dev=4)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    spec = load_task("sst2")
+    tokenized = tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer,
+                                        cache_dir=blocker / "cache")
+    assert len(tokenized) == 4 and "continuing without a cache" in caplog.text and "--cache-dir" in caplog.text

@@ -1,0 +1,225 @@
+"""Helpers for the robustness tests: safetensors surgery, resource guards, run-folder checks, and
+`TrainingForkServer`: one Python process that imports the toolkit once, then forks a fresh
+training process per request, so a SIGKILL test can afford many short-lived training processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- safetensors surgery
+def split_safetensors(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header as a dict, raw data) of a valid safetensors payload."""
+    (length,) = struct.unpack("<Q", payload[:8])
+    return json.loads(payload[8 : 8 + length]), payload[8 + length :]
+
+
+def join_safetensors(header: dict[str, Any], data: bytes, length: int | None = None) -> bytes:
+    """A safetensors payload from a header dict and raw data; `length` overrides the declared header size."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + data
+
+
+# ----------------------------------------------------------------------------- guards
+class CaseTimeout(Exception):
+    """A fuzz case ran past its watchdog (a hang)."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    """Raise CaseTimeout in the main thread if the block runs longer than `seconds` (SIGALRM)."""
+    def expire(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def address_space_headroom(extra_bytes: int) -> Iterator[None]:
+    """Cap this process's address space at its current size + `extra_bytes` (Linux), so that any
+    attempt to allocate more fails at once instead of swapping or being OOM-killed."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except OSError:  # not Linux: no cap, the timing and type checks still run
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = pages * os.sysconf("SC_PAGE_SIZE") + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----------------------------------------------------------------------------- run folders
+def check_run_files(run_dir: Path) -> list[str]:
+    """Parse every output file of a (possibly killed) run; return the hidden temp files left behind.
+
+    Raises AssertionError naming the first file that does not parse. train.log is append-only
+    text (a kill may cut its last line) and is not checked; hidden `.<name>.*.tmp` files are
+    never read by the toolkit and are returned instead of checked.
+    """
+    leftovers = []
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        name = path.name
+        if name.startswith(".") and ".tmp" in name:
+            leftovers.append(str(path.relative_to(run_dir)))
+            continue
+        assert not name.endswith(".tmp"), f"visible temporary file {path}"
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            elif name.endswith(".jsonl"):
+                [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            elif name.endswith(".safetensors"):
+                load_file(path)
+            elif name.endswith(".png"):
+                data = path.read_bytes()
+                assert data.startswith(PNG_MAGIC) and data.rstrip(b"\0").endswith(b"IEND\xaeB`\x82"), "cut PNG"
+            elif name.endswith(".pt"):
+                torch.load(path, map_location="cpu", weights_only=True)
+            elif name.endswith(".md"):
+                assert path.read_text(encoding="utf-8").count("```") % 2 == 0, "cut model card"
+        except Exception as error:  # any parse failure is the finding: report which file
+            raise AssertionError(f"{path} is half-written or corrupt: {type(error).__name__}: {error}") from error
+    return leftovers
+
+
+# ----------------------------------------------------------------------------- training processes
+SERVER_CODE = r"""
+import json, os, signal, sys, traceback
+# Import everything a training run needs once; each forked child then starts in milliseconds.
+import roberta_lora.cli, roberta_lora.train, roberta_lora.cli_train, roberta_lora.evaluation
+import datasets, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+
+def child(request):
+    code = 70
+    try:
+        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        kill_at = request.get("kill_at")  # {"path", "occurrence", "when": "before" | "after"}
+        if kill_at:
+            real_replace, seen = os.replace, [0]
+            def replace(src, dst, *args, **kwargs):
+                if str(dst) == kill_at["path"]:
+                    seen[0] += 1
+                    if seen[0] == kill_at["occurrence"]:
+                        print(f"SELF-KILL {kill_at['when']} committing {dst}", flush=True)
+                        if kill_at["when"] == "after":
+                            real_replace(src, dst, *args, **kwargs)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return real_replace(src, dst, *args, **kwargs)
+            os.replace = replace
+        code = roberta_lora.cli.main(request["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+print("ready", flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["op"] == "start":
+        pid = os.fork()
+        if pid == 0:
+            child(request)
+        print(json.dumps({"pid": pid}), flush=True)
+    elif request["op"] == "wait":
+        _, status = os.waitpid(request["pid"], 0)
+        print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class TrainingForkServer:
+    """One process that has imported the toolkit and forks a training process per `start()`.
+
+    A forked child runs `roberta_lora.cli.main(argv)` (the `roberta-lora` command line) with its
+    output appended to a log file. `kill_at=(path, k, "before" | "after")` makes it SIGKILL itself
+    when it commits `path` (the atomic writes' os.replace) for the k-th time, just before or just
+    after the rename: a kill at an exact point between two file writes.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=env, cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        assert self._read() == "ready"
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"training server exited with {self.process.wait()}")
+        return line.strip()
+
+    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self._read())
+
+    def start(self, argv: list[str], log: Path, kill_at: tuple[Path, int, str] | None = None) -> int:
+        request: dict[str, Any] = {"op": "start", "argv": argv, "log": str(log)}
+        if kill_at is not None:
+            path, occurrence, when = kill_at
+            request["kill_at"] = {"path": str(path), "occurrence": occurrence, "when": when}
+        return self._send(request)["pid"]
+
+    def wait(self, pid: int) -> int:
+        """The child's exit code (negative: killed by that signal)."""
+        return self._send({"op": "wait", "pid": pid})["exit"]
+
+    def close(self) -> None:
+        """Stop the server (every child has been waited for; a clean interpreter exit would take seconds)."""
+        self.process.terminate()
+        self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def wait_for(condition: Any, timeout: float, interval: float = 0.005) -> bool:
+    """Poll `condition()` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
