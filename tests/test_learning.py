@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import random
 
-from fixtures_glue import write_tsv
 from roberta_lora.train import train
 from roberta_lora.train_config import TrainConfig
+
+from fixtures_glue import write_tsv
 
 POSITIVE = ("great", "moving", "wonderful")
 NEGATIVE = ("terrible", "boring", "bad")

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from fixtures_glue import squad_document, write_glue_fixture, write_squad_fixture
 from roberta_lora.cli import main
 from roberta_lora.errors import DataError
 from roberta_lora.scoring import score_predictions
 from roberta_lora.tasks import load_task
+
+from fixtures_glue import squad_document, write_glue_fixture, write_squad_fixture
 
 
 def gold_answers(document: dict) -> dict[str, str]:
