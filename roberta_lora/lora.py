@@ -75,12 +75,19 @@ class LoraLinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
+        result = self.base_layer(x)  # (..., out)
         if self.merged:
             return result
         # Two thin matmuls, (..., in) -> (..., r) -> (..., out); B @ A is never materialised here.
-        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
-        return result + (update * self.scaling).to(result.dtype)
+        hidden = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
+        if hidden.dtype != result.dtype:  # e.g. a quantized base computing in bf16 under fp32 factors
+            return result + (self.lora_B(hidden) * self.scaling).to(result.dtype)
+        # result + scaling * hidden @ B^T as one GEMM that accumulates onto `result` (beta=1, alpha=scaling):
+        # no separate (..., out) update tensor and no full-size multiply by the scaling, forward or
+        # backward. Same value as `lora_B(hidden) * scaling` added, up to float rounding.
+        out = torch.addmm(result.reshape(-1, self.out_features), hidden.reshape(-1, self.rank),
+                          self.lora_B.weight.t(), alpha=self.scaling)
+        return out.view(result.shape)
 
     def _require_float_base(self, action: str) -> torch.Tensor:
         weight = self.base_layer.weight
