@@ -100,11 +100,11 @@ def score_split(spec: TaskSpec, split: EvalSplit, outputs: dict[str, np.ndarray]
 
 def evaluate_task(model: torch.nn.Module, data: TaskData, tokenizer: Any, accelerator: Any, batch_size: int,
                   output_dir: Path | None = None, null_score_diff_threshold: float = 0.0,
-                  task_type: str = "glue") -> dict[str, float]:
+                  task_type: str = "glue", progress: bool = True) -> dict[str, float]:
     """Every validation split of `data`, metrics merged into one dict (see `metric_suffix`)."""
     results: dict[str, float] = {}
     for split in data.eval_splits:
-        outputs = run_model(model, split, tokenizer, accelerator, batch_size, task_type)
+        outputs = run_model(model, split, tokenizer, accelerator, batch_size, task_type, progress)
         split_dir = Path(output_dir) / split.name if output_dir is not None and accelerator.is_main_process else None
         metrics, _ = score_split(data.spec, split, outputs, split_dir, null_score_diff_threshold)
         suffix = metric_suffix(data.spec, split.name)
