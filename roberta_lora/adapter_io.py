@@ -55,19 +55,7 @@ _FILE_MODE = _file_mode()
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -75,14 +63,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Let `writer` fill a temporary path (e.g. `torch.save`, `fig.savefig`), then rename it into place."""
+    """Let `writer` fill a hidden temporary file beside `path` (e.g. `torch.save`, `fig.savefig`), sync it
+    to disk, then rename it into place: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))
-        with open(tmp, "rb") as handle:  # on disk before the rename, as atomic_write_bytes does
+        with open(tmp, "rb") as handle:  # on disk before the rename
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
