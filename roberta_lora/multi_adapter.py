@@ -112,9 +112,23 @@ def base_name(name: str) -> str | None:
     return name.removeprefix("roberta.").replace(".base_layer.", ".")
 
 
-@torch.no_grad()
+# Skeletons by what decides an adapter's tensor names and shapes: building one (a meta RobertaModel
+# plus injection) is most of the cost of a named load, and a server loads many adapters of one shape.
+_SKELETONS: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
 def skeleton_tensors(config: AdapterConfig, encoder_config: RobertaConfig) -> dict[str, torch.Tensor]:
     """Names and shapes (on the meta device, nothing allocated) of the tensors an adapter must hold."""
+    key = (config.method, tuple(config.targets), config.lora_rank, config.task_type, config.num_classes,
+           config.head, config.train_biases, config.train_layer_norms, config.train_embeddings,
+           encoder_config.to_json_string())
+    if key not in _SKELETONS:
+        _SKELETONS[key] = _build_skeleton(config, encoder_config)
+    return dict(_SKELETONS[key])
+
+
+@torch.no_grad()
+def _build_skeleton(config: AdapterConfig, encoder_config: RobertaConfig) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         encoder = RobertaModel(encoder_config, add_pooling_layer=False)
         if config.method == "lora":
