@@ -28,6 +28,13 @@ def trained_model(base_dir, **kwargs) -> LoraWrapperRoberta:
     return model.eval()
 
 
+def drop_digest(directory) -> None:
+    """Remove weights_sha256 from the config, as in a hand-made file, so the tensor checks are reached."""
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    del config["weights_sha256"]
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+
+
 def batch(vocab: int = 400):
     ids = torch.randint(3, vocab, (2, 8), generator=torch.Generator().manual_seed(2))
     return ids, torch.ones_like(ids)
@@ -104,9 +111,7 @@ def test_corrupted_weights_are_refused(tiny_model_dir, tmp_path) -> None:
 
 def test_truncated_file_without_digest_is_refused(tiny_model_dir, tmp_path) -> None:
     trained_model(tiny_model_dir).save_adapter(tmp_path)
-    config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    del config["weights_sha256"]
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    drop_digest(tmp_path)
     (tmp_path / WEIGHTS_NAME).write_bytes((tmp_path / WEIGHTS_NAME).read_bytes()[:100])
     with pytest.raises(AdapterError, match="not a valid safetensors"):
         LoraWrapperRoberta.from_adapter(tmp_path)
@@ -118,9 +123,7 @@ def test_wrong_shape_is_refused(tiny_model_dir, tmp_path) -> None:
     name = "roberta.encoder.layer.0.attention.self.query.lora_A.weight"
     tensors[name] = torch.zeros(5, 32)
     save_file(tensors, tmp_path / WEIGHTS_NAME)
-    config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    del config["weights_sha256"]
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    drop_digest(tmp_path)
     with pytest.raises(AdapterError, match=r"query.lora_A.weight has shape \(5, 32\).*\(8, 32\)"):
         LoraWrapperRoberta.from_adapter(tmp_path)
 
@@ -131,9 +134,7 @@ def test_missing_and_unexpected_keys_are_named(tiny_model_dir, tmp_path) -> None
     tensors.pop("classifier.out_proj.weight")
     tensors["surprise"] = torch.zeros(1)
     save_file(tensors, tmp_path / WEIGHTS_NAME)
-    config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    del config["weights_sha256"]
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    drop_digest(tmp_path)
     with pytest.raises(AdapterError, match=r"missing tensors \['classifier.out_proj.weight'\].*unexpected.*surprise"):
         LoraWrapperRoberta.from_adapter(tmp_path)
 
