@@ -68,8 +68,8 @@ def run_model(model: torch.nn.Module, split: EvalSplit, tokenizer: Any, accelera
 
 
 def score_split(spec: TaskSpec, split: EvalSplit, outputs: dict[str, np.ndarray], output_dir: Path | None = None,
-                null_score_diff_threshold: float = 0.0) -> tuple[dict[str, float], Any]:
-    """Metrics (unsuffixed) and predictions of one split; writes prediction files when output_dir is given."""
+                null_score_diff_threshold: float = 0.0) -> dict[str, float]:
+    """Metrics (unsuffixed) of one split; writes prediction files when output_dir is given."""
     if spec.kind == "squad":
         answers = postprocess_predictions(
             split.examples, split.features, outputs["start_logits"], outputs["end_logits"],
@@ -83,7 +83,7 @@ def score_split(spec: TaskSpec, split: EvalSplit, outputs: dict[str, np.ndarray]
                                        na_prob_thresh=float("inf"))
         else:
             metrics = squad_v1_metrics(dataset, answers.predictions)
-        return {k: float(v) for k, v in metrics.items()}, answers.predictions
+        return {k: float(v) for k, v in metrics.items()}
     logits = outputs["logits"]
     references = np.asarray(split.features["labels"])
     predictions = logits[:, 0] if spec.kind == "regression" else logits.argmax(axis=-1)
@@ -95,7 +95,7 @@ def score_split(spec: TaskSpec, split: EvalSplit, outputs: dict[str, np.ndarray]
             for i, p in enumerate(predictions)
         ]
         atomic_write_text(Path(output_dir) / "predictions.jsonl", "\n".join(lines) + "\n")
-    return metrics, predictions
+    return metrics
 
 
 def evaluate_task(model: torch.nn.Module, data: TaskData, tokenizer: Any, accelerator: Any, batch_size: int,
@@ -106,7 +106,7 @@ def evaluate_task(model: torch.nn.Module, data: TaskData, tokenizer: Any, accele
     for split in data.eval_splits:
         outputs = run_model(model, split, tokenizer, accelerator, batch_size, task_type, progress)
         split_dir = Path(output_dir) / split.name if output_dir is not None and accelerator.is_main_process else None
-        metrics, _ = score_split(data.spec, split, outputs, split_dir, null_score_diff_threshold)
+        metrics = score_split(data.spec, split, outputs, split_dir, null_score_diff_threshold)
         suffix = metric_suffix(data.spec, split.name)
         results.update({f"{name}{suffix}": value for name, value in metrics.items()})
     return results
@@ -123,14 +123,12 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
         data_dir: local data root (None: the hub). model_id: base model (default: the adapter's).
         output_dir: where prediction files go (None: not written).
     """
-    from accelerate import Accelerator
-
     from roberta_lora.adapter_io import read_adapter_config
     from roberta_lora.errors import ConfigError
     from roberta_lora.model import LoraWrapperRoberta
     from roberta_lora.task_data import load_task_data
     from roberta_lora.tasks import load_task
-    from roberta_lora.train import load_tokenizer
+    from roberta_lora.train import load_tokenizer, make_accelerator
 
     config, _ = read_adapter_config(Path(adapter_dir))
     task = task or config.task
@@ -141,7 +139,7 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
     tokenizer = load_tokenizer(str(model_id or config.base_model))
     data = load_task_data(spec, tokenizer, data_dir, with_train=False, max_length=config.max_length,
                           doc_stride=config.doc_stride, max_eval_samples=max_eval_samples, cache_dir=cache_dir)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     model = accelerator.prepare(model)
     return evaluate_task(model, data, tokenizer, accelerator, batch_size,
                          output_dir=Path(output_dir) if output_dir else None,

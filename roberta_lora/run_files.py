@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,3 @@ def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     # weights_only: a checkpoint is data (tensors, numbers, lists); never run pickled code.
     return torch.load(path, map_location="cpu", weights_only=True)
 
-
-def history_to_dict(history: RunHistory) -> dict[str, Any]:
-    return asdict(history)

@@ -69,7 +69,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         check_qlora_options(config.quantize, config.optim)  # CUDA / bitsandbytes missing: fail before any work
     spec = load_task(config.task)
     run_dir = prepare_run_dir(config, spec)
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
     # Seed before anything draws random numbers (data order, LoRA A, head, dropout).
     set_seed(config.seed)
     log_handler = attach_log_file(run_dir, accelerator)
@@ -211,8 +211,9 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
     return run_dir
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
+    """The one place an Accelerator is made (training and `evaluate_adapter`)."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
     # accelerate keeps one global state per process; a second run in the same process (train-all,
     # a notebook) may ask for other settings. The process group (PartialState) is kept.
@@ -221,7 +222,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
     # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
-    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                        cpu=not torch.cuda.is_available())
 
 

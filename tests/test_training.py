@@ -235,3 +235,22 @@ def test_config_file_grad_accum_max_steps_and_bf16(tiny_model_dir, glue_dir, tmp
     (tmp_path / "bad.toml").write_text("learning_rat = 1\n")
     with pytest.raises(Exception, match="unknown setting.*learning_rat"):
         resolve_train_config(load_task("rte"), {}, tmp_path / "bad.toml")
+
+
+def test_evaluate_after_a_bf16_run_in_the_same_process(mrpc_run, tiny_model_dir, glue_dir, tmp_path,
+                                                       monkeypatch) -> None:
+    # accelerate keeps one global state per process: a plain Accelerator() made after a bf16 run
+    # silently evaluates in bf16 too. evaluate_adapter must evaluate in full precision.
+    import roberta_lora.evaluation as evaluation
+
+    train(config(tiny_model_dir, glue_dir, tmp_path / "bf16", epochs=1, mixed_precision="bf16"), progress=False)
+    seen = []
+    real = evaluation.evaluate_task
+
+    def spy(model, data, tokenizer, accelerator, *args, **kwargs):
+        seen.append(accelerator.mixed_precision)
+        return real(model, data, tokenizer, accelerator, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_task", spy)
+    assert evaluate_adapter(mrpc_run.run_dir / "adapter", data_dir=glue_dir, batch_size=8) == mrpc_run.metrics
+    assert seen == ["no"]
