@@ -4,7 +4,10 @@ Self-attention is swapped for `LoraRobertaSelfAttention`, a subclass of transfor
 `RobertaSelfAttention` that keeps the original `query` / `key` / `value` modules and wraps
 the targeted ones in `LoraLinear`. Its forward pass is the inherited one (eager or sdpa,
 whatever the config says): it calls `self.query(...)` and `self.value(...)`, which are now
-LoRA layers. The feed-forward and attention-output projections, when targeted, are wrapped
+LoRA layers. Before delegating, it computes the LoRA branches' first matmul for all of its
+adapted projections at once, as litgpt's fused qkv LoRA does: query and value read the same
+hidden states, so one (2r x in) matmul and one dropout mask serve both (the masks of the two
+branches are therefore the same draw, not independent ones as in PEFT). The feed-forward and attention-output projections, when targeted, are wrapped
 in place. Targets are matched by exact module path inside `encoder.layer.<i>`, so a head's
 `dense` layer can never be picked up by accident.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,6 +100,37 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
         for name in targets:
             setattr(new, name, LoraLinear(getattr(attention, name), rank, alpha, dropout, generator))
         return new
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        layers = self._fusable_lora_layers(hidden_states)
+        if not layers:
+            return super().forward(hidden_states, *args, **kwargs)
+        # (..., in) -> (..., sum of ranks), one matmul; each layer gets its slice.
+        lora_input, extra_scale = layers[0].lora_input(hidden_states)
+        stacked_A = torch.cat([layer.lora_A.weight for layer in layers])
+        hiddens = torch.nn.functional.linear(lora_input, stacked_A).split([layer.rank for layer in layers], dim=-1)
+        for layer, hidden in zip(layers, hiddens, strict=True):
+            layer.use_precomputed(hidden_states, hidden, extra_scale)
+        try:
+            return super().forward(hidden_states, *args, **kwargs)
+        finally:
+            for layer in layers:
+                layer._precomputed = None  # unused only if the parent did not call the layer
+
+    def _fusable_lora_layers(self, hidden_states: torch.Tensor) -> list[LoraLinear]:
+        """The adapted, unmerged projections when two or more of them can share one matmul: same
+        dropout, same factor dtype; [] otherwise (each layer then computes its own branch)."""
+        layers = [
+            module for module in (self.query, self.key, self.value)
+            if isinstance(module, LoraLinear) and not module.merged
+        ]
+        if len(layers) < 2:
+            return []
+        first = layers[0]
+        if any(layer.dropout != first.dropout or layer.lora_A.weight.dtype != first.lora_A.weight.dtype
+               for layer in layers):
+            return []
+        return layers
 
 
 def inject_lora(

@@ -6,6 +6,13 @@
 the layer's output equals the base layer's output until `B` has been trained. The base
 layer is only ever *called*, never re-implemented, so a quantized base (bitsandbytes
 `Linear4bit` / `Linear8bitLt`) works the same as `nn.Linear`.
+
+Dropout is inverted dropout as in `nn.Dropout`, written so that it costs little: the
+keep-mask is applied to `x` and the 1 / (1 - p) rescaling is folded into the LoRA scaling
+of the last matmul, which is the same value (the branch is linear after the mask) without
+a full-size multiply. On CPU the mask comes from 16 random bits per element instead of a
+float draw (`nn.Dropout`'s Bernoulli draw is most of a LoRA step's extra cost there), so p
+is used as the nearest multiple of 1/65536 (0.1 -> 0.100006) and rescaled by exactly that.
 """
 
 from __future__ import annotations
@@ -16,6 +23,29 @@ import torch
 from torch import nn
 
 from roberta_lora.errors import ConfigError
+
+_MASK_LEVELS = 1 << 16  # resolution of the CPU dropout mask: one 16-bit random draw per element
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout keep-mask for `x`: (bool tensor shaped like x, probability that an element is kept).
+
+    Each element is kept independently with the returned probability, which is 1 - p exactly on
+    accelerators and 1 - round(p * 65536) / 65536 on CPU (see the module docstring). Callers
+    scale kept values by 1 / that probability. Draws from torch's generator for x's device, so
+    `torch.manual_seed` makes it reproducible and a resumed run's saved RNG state continues it.
+    """
+    if x.device.type != "cpu":
+        keep_probability = 1.0 - p
+        return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(keep_probability), keep_probability
+    dropped_levels = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)  # p < 1 always keeps something
+    count = x.numel()
+    # One 64-bit draw gives four independent 16-bit values: a quarter of the generator calls of
+    # a float draw per element. The full int64 range makes every bit of each word uniform.
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((count + 3) // 4,), dtype=torch.int64)
+    draws = words.view(torch.int16)[:count].view(x.shape)  # uniform on [-32768, 32767]
+    keep = draws >= dropped_levels - _MASK_LEVELS // 2
+    return keep, (_MASK_LEVELS - dropped_levels) / _MASK_LEVELS
 
 
 class LoraLinear(nn.Module):
@@ -59,10 +89,13 @@ class LoraLinear(nn.Module):
         factory = {"device": weight.device, "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
         self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)  # weight: (r, in)
         self.lora_B = nn.Linear(rank, out_features, bias=False, **factory)  # weight: (out, r)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = float(dropout)
         self.merged = False
         # The base weight as it was before `merge()`, so `unmerge()` restores it bit for bit.
         self._weight_before_merge: torch.Tensor | None = None
+        # (input, hidden, extra scale) computed for this layer by its attention module (see
+        # injection.LoraRobertaSelfAttention), used by the next forward on that very input.
+        self._precomputed: tuple[torch.Tensor, torch.Tensor, float] | None = None
         self.reset_lora_parameters(generator)
 
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -74,19 +107,44 @@ class LoraLinear(nn.Module):
         """The update as a dense matrix, (alpha / r) * B @ A, shape (out, in). The only place it is built."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
+    def lora_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """x in the factors' dtype, with dropout's keep-mask applied when training, and the factor
+        (1 / keep probability, else 1) by which the update must be scaled for it."""
+        x = x.to(self.lora_A.weight.dtype)
+        if not (self.training and self.dropout > 0):
+            return x, 1.0
+        keep, keep_probability = dropout_keep_mask(x, self.dropout)
+        # The same 0/1 bytes read as uint8: on CPU a float * uint8 multiply is about twice as fast
+        # as float * bool, and autograd applies the same mask again in backward.
+        return x * keep.view(torch.uint8), 1.0 / keep_probability
+
+    def use_precomputed(self, x: torch.Tensor, hidden: torch.Tensor, extra_scale: float) -> None:
+        """Have the next forward on exactly `x` use `hidden` = A(lora_input(x)) (shape (..., r))
+        instead of computing it; a forward on any other tensor ignores it."""
+        self._precomputed = (x, hidden, extra_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)  # (..., out)
+        precomputed, self._precomputed = self._precomputed, None
         if self.merged:
             return result
-        # Two thin matmuls, (..., in) -> (..., r) -> (..., out); B @ A is never materialised here.
-        hidden = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
+        if precomputed is not None and precomputed[0] is x:
+            hidden, extra_scale = precomputed[1], precomputed[2]
+        else:
+            lora_input, extra_scale = self.lora_input(x)
+            hidden = self.lora_A(lora_input)  # (..., r)
+        return self.add_update(result, hidden, extra_scale)
+
+    def add_update(self, result: torch.Tensor, hidden: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
+        """result + scaling * extra_scale * B(hidden): the base output plus the update, hidden (..., r)."""
+        scaling = self.scaling * extra_scale
         if hidden.dtype != result.dtype:  # e.g. a quantized base computing in bf16 under fp32 factors
-            return result + (self.lora_B(hidden) * self.scaling).to(result.dtype)
-        # result + scaling * hidden @ B^T as one GEMM that accumulates onto `result` (beta=1, alpha=scaling):
-        # no separate (..., out) update tensor and no full-size multiply by the scaling, forward or
-        # backward. Same value as `lora_B(hidden) * scaling` added, up to float rounding.
+            return result + (self.lora_B(hidden) * scaling).to(result.dtype)
+        # result + scaling * hidden @ B^T as one GEMM that accumulates onto `result` (beta=1,
+        # alpha=scaling): no separate (..., out) update tensor and no full-size multiply by the
+        # scaling, forward or backward. B @ A is never materialised.
         out = torch.addmm(result.reshape(-1, self.out_features), hidden.reshape(-1, self.rank),
-                          self.lora_B.weight.t(), alpha=self.scaling)
+                          self.lora_B.weight.t(), alpha=scaling)
         return out.view(result.shape)
 
     def _require_float_base(self, action: str) -> torch.Tensor:
@@ -120,4 +178,5 @@ class LoraLinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
+                f"dropout={self.dropout:g}, merged={self.merged}")

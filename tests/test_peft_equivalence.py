@@ -52,5 +52,8 @@ def test_logits_and_gradients_match_peft(targets: str, peft_targets: list[str]) 
     (hidden_theirs * probe).sum().backward()
     for path, layer in ours_layers.items():
         twin = peft_modules[path]
-        torch.testing.assert_close(layer.lora_A.weight.grad, twin.lora_A["default"].weight.grad, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(layer.lora_B.weight.grad, twin.lora_B["default"].weight.grad, atol=1e-5, rtol=1e-4)
+        for ours_grad, peft_grad in ((layer.lora_A.weight.grad, twin.lora_A["default"].weight.grad),
+                                     (layer.lora_B.weight.grad, twin.lora_B["default"].weight.grad)):
+            # Gradients reach a few hundred here; the fused q/k/v branch sums in another order, so
+            # the tolerance is float32 rounding relative to the tensor's scale.
+            torch.testing.assert_close(ours_grad, peft_grad, atol=1e-6 * float(peft_grad.abs().max()), rtol=1e-5)
