@@ -124,28 +124,33 @@ class LoraLinear(nn.Module):
         self._precomputed = (x, hidden, extra_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)  # (..., out)
+        # The base layer sees x as (tokens, in), so an nn.Linear returns a plain (tokens, out)
+        # tensor rather than a view, and the update can be accumulated into it in place (see
+        # add_update). Linear layers act row by row, so flattening the leading dims changes nothing.
+        result = self.base_layer(x.reshape(-1, self.in_features))  # (tokens, out)
         precomputed, self._precomputed = self._precomputed, None
-        if self.merged:
-            return result
-        if precomputed is not None and precomputed[0] is x:
-            hidden, extra_scale = precomputed[1], precomputed[2]
-        else:
-            lora_input, extra_scale = self.lora_input(x)
-            hidden = self.lora_A(lora_input)  # (..., r)
-        return self.add_update(result, hidden, extra_scale)
+        if not self.merged:
+            if precomputed is not None and precomputed[0] is x:
+                hidden, extra_scale = precomputed[1], precomputed[2]
+            else:
+                lora_input, extra_scale = self.lora_input(x)
+                hidden = self.lora_A(lora_input)  # (..., r)
+            result = self.add_update(result, hidden.reshape(-1, self.rank), extra_scale)
+        return result.view(*x.shape[:-1], self.out_features)
 
     def add_update(self, result: torch.Tensor, hidden: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
-        """result + scaling * extra_scale * B(hidden): the base output plus the update, hidden (..., r)."""
+        """result + scaling * extra_scale * B(hidden), for the base output `result` (tokens, out) and
+        hidden = A(dropout(x)) (tokens, r). B @ A is never materialised."""
         scaling = self.scaling * extra_scale
+        weight_b = self.lora_B.weight  # (out, r)
         if hidden.dtype != result.dtype:  # e.g. a quantized base computing in bf16 under fp32 factors
             return result + (self.lora_B(hidden) * scaling).to(result.dtype)
-        # result + scaling * hidden @ B^T as one GEMM that accumulates onto `result` (beta=1,
-        # alpha=scaling): no separate (..., out) update tensor and no full-size multiply by the
-        # scaling, forward or backward. B @ A is never materialised.
-        out = torch.addmm(result.reshape(-1, self.out_features), hidden.reshape(-1, self.rank),
-                          self.lora_B.weight.t(), alpha=scaling)
-        return out.view(result.shape)
+        if type(self.base_layer) is nn.Linear and weight_b.dtype == result.dtype and not result._is_view():
+            # One GEMM accumulating into the base output (beta=1): no new (tokens, out) tensor and
+            # no copy of it. Safe because nn.Linear's backward keeps its input, not its output.
+            return result.addmm_(hidden, weight_b.t(), alpha=scaling)
+        # Other bases (quantized, or under autocast where the factors' dtype differs): out of place.
+        return torch.addmm(result, hidden, weight_b.t(), alpha=scaling)
 
     def _require_float_base(self, action: str) -> torch.Tensor:
         weight = self.base_layer.weight

@@ -142,3 +142,36 @@ def test_shared_branch_equals_each_layer_on_its_own(targets: str, monkeypatch: p
     torch.testing.assert_close(fused_logits, plain_logits, atol=1e-6, rtol=1e-5)
     for fused_grad, plain_grad in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(fused_grad, plain_grad, atol=1e-6 * float(plain_grad.abs().max()), rtol=1e-5)
+
+
+def test_update_in_place_and_out_of_place_agree() -> None:
+    """An nn.Linear base gets the update accumulated into its output; any other base type (here a
+    subclass, as a quantized layer would be) gets the out-of-place path: same values, same grads."""
+
+    class OtherLinear(nn.Linear):
+        pass
+
+    x = torch.randn(2, 5, 12)
+    outputs = []
+    for base_type in (nn.Linear, OtherLinear):
+        torch.manual_seed(2)
+        layer = LoraLinear(base_type(12, 10), rank=3, alpha=6.0).train()
+        with torch.no_grad():
+            layer.lora_B.weight.normal_()
+        leaf = x.clone().requires_grad_(True)
+        out = layer(leaf)
+        out.square().sum().backward()
+        outputs.append((out.detach(), leaf.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad,
+                        layer.base_layer.bias.grad))
+    for in_place, out_of_place in zip(*outputs, strict=True):
+        torch.testing.assert_close(in_place, out_of_place, atol=1e-6, rtol=1e-6)
+
+
+def test_forward_under_bf16_autocast_keeps_the_base_dtype() -> None:
+    layer = _layer(0.1).train()
+    x = torch.randn(3, 4, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 4, 10)
+    out.float().sum().backward()
+    assert layer.lora_A.weight.grad is not None and x.grad is not None
