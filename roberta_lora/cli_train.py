@@ -10,7 +10,13 @@ from pathlib import Path
 from roberta_lora.cli import print_json
 from roberta_lora.errors import ConfigError
 from roberta_lora.tasks import load_task
-from roberta_lora.train_config import MIXED_PRECISION, OPTIMIZERS, QUANTIZE, resolve_train_config
+from roberta_lora.train_config import (
+    COMPILE_BACKENDS,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    QUANTIZE,
+    resolve_train_config,
+)
 
 # CLI flag -> TrainConfig field, for flags whose names differ from the field.
 FLAG_FIELDS = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate"}
@@ -53,6 +59,9 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--quantize", choices=QUANTIZE, help="load the frozen base in 4/8 bit (CUDA + bitsandbytes)")
     parser.add_argument("--optim", choices=OPTIMIZERS, help="optimizer (8-bit ones need CUDA + bitsandbytes)")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager"])
+    parser.add_argument("--torch-compile", action="store_const", const=True,
+                        help="torch.compile the model (worth it on a GPU; the first steps are slow while it compiles)")
+    parser.add_argument("--torch-compile-backend", choices=COMPILE_BACKENDS, help="compile backend (default inductor)")
     parser.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
     parser.add_argument("--config", help="TOML file overriding the task's recipe and any setting above")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,9 +68,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         from roberta_lora.quantization import check_qlora_options
 
         check_qlora_options(config.quantize, config.optim)  # CUDA / bitsandbytes missing: fail before any work
+    if config.torch_compile:
+        check_compile_backend(config.torch_compile_backend)
     spec = load_task(config.task)
     run_dir = prepare_run_dir(config, spec)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum,
+                                   config.torch_compile_backend if config.torch_compile else None)
     # Seed before anything draws random numbers (data order, LoRA A, head, dropout).
     set_seed(config.seed)
     log_handler = attach_log_file(run_dir, accelerator)
@@ -114,7 +118,7 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     elif config.resume:
         start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, accelerator, model, optimizer,
                                                                          scheduler)
-    unwrapped: LoraWrapperRoberta = accelerator.unwrap_model(model)
+    unwrapped: LoraWrapperRoberta = accelerator.unwrap_model(model, keep_torch_compile=False)
     metrics = epoch_metrics(history.epochs[-1]) if history.epochs else {}
     for epoch in range(start_epoch, epochs):
         # Through the prepared loader: accelerate re-sets the sampler's epoch from its own
@@ -211,10 +215,20 @@ def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
     return run_dir
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
-    """The one place an Accelerator is made (training and `evaluate_adapter`)."""
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, compile_backend: str | None = None) -> Accelerator:
+    """The one place an Accelerator is made (training and `evaluate_adapter`).
+
+    Args:
+        compile_backend: None, or a torch.compile backend ("inductor", ...): `prepare` then compiles the model.
+    """
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
+    dynamo_plugin = None
+    if compile_backend is not None:
+        check_compile_backend(compile_backend)
+        from accelerate.utils import TorchDynamoPlugin
+
+        dynamo_plugin = TorchDynamoPlugin(backend=compile_backend)
     # accelerate keeps one global state per process; a second run in the same process (train-all,
     # a notebook) may ask for other settings. The process group (PartialState) is kept.
     from accelerate.state import AcceleratorState
@@ -223,7 +237,18 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Accele
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
     # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available(), dynamo_plugin=dynamo_plugin)
+
+
+def check_compile_backend(backend: str) -> None:
+    """Fail before any work when torch.compile cannot run here (inductor on CPU builds C++ code)."""
+    if backend == "inductor" and not torch.cuda.is_available():
+        compilers = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+        if not any(name and shutil.which(name) for name in compilers):
+            raise ConfigError(
+                "--torch-compile with the inductor backend needs a C++ compiler on CPU (none of g++, c++, "
+                "clang++ or $CXX was found); install one, or train without --torch-compile"
+            )
 
 
 def attach_log_file(run_dir: Path, accelerator: Accelerator) -> logging.Handler:
@@ -324,7 +349,7 @@ def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, sc
 def resume_from_checkpoint(run_dir: Path, accelerator: Accelerator, model: Any, optimizer: Any,
                            scheduler: Any) -> tuple[int, int, dict[str, Any], RunHistory]:
     state = load_training_state(run_dir / "checkpoint")
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     live = dict(unwrapped.named_parameters())
     expected = {name: live[name] for name in unwrapped.trainable_state_dict()}
     check_tensors(state["tensors"], expected, str(run_dir / "checkpoint" / STATE_NAME))

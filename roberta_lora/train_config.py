@@ -28,6 +28,7 @@ else:  # pragma: no cover
 MIXED_PRECISION = ("no", "fp16", "bf16")
 QUANTIZE = ("none", "4bit", "8bit")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass
@@ -76,6 +77,8 @@ class TrainConfig:
     quantize: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
     optim: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit (bitsandbytes, CUDA only)
     cache_dir: str | None = None  # tokenized-data cache; None = ~/.cache/roberta_lora
+    torch_compile: bool = False  # torch.compile the model (pays off on GPU; the first steps compile)
+    torch_compile_backend: str = "inductor"  # inductor | aot_eager | eager (the last two: for debugging)
 
     def validate(self) -> None:
         """Raise one ConfigError listing every invalid setting."""
@@ -90,6 +93,8 @@ class TrainConfig:
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: expected {list(MIXED_PRECISION)}")
         need(self.quantize in QUANTIZE, f"quantize={self.quantize!r}: expected one of {list(QUANTIZE)}")
         need(self.optim in OPTIMIZERS, f"optim={self.optim!r}: expected one of {list(OPTIMIZERS)}")
+        need(self.torch_compile_backend in COMPILE_BACKENDS,
+             f"torch_compile_backend={self.torch_compile_backend!r}: expected one of {list(COMPILE_BACKENDS)}")
         for name in ("lora_rank", "batch_size", "epochs", "grad_accum", "eval_batch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
