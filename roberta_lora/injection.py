@@ -115,7 +115,7 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
             return super().forward(hidden_states, *args, **kwargs)
         finally:
             for layer in layers:
-                layer._precomputed = None  # unused only if the parent did not call the layer
+                layer.forget_precomputed()  # still set only if the parent did not call the layer
 
     def _fusable_lora_layers(self, hidden_states: torch.Tensor) -> list[LoraLinear]:
         """The adapted, unmerged projections when two or more of them can share one matmul: same

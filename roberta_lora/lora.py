@@ -123,6 +123,10 @@ class LoraLinear(nn.Module):
         instead of computing it; a forward on any other tensor ignores it."""
         self._precomputed = (x, hidden, extra_scale)
 
+    def forget_precomputed(self) -> None:
+        """Drop a precomputed hidden that no forward used (so it does not keep tensors alive)."""
+        self._precomputed = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The base layer sees x as (tokens, in), so an nn.Linear returns a plain (tokens, out)
         # tensor rather than a view, and the update can be accumulated into it in place (see
