@@ -7,8 +7,8 @@ whatever the config says): it calls `self.query(...)` and `self.value(...)`, whi
 LoRA layers. Before delegating, it computes the LoRA branches' first matmul for all of its
 adapted projections at once, as litgpt's fused qkv LoRA does: query and value read the same
 hidden states, so one (2r x in) matmul and one dropout mask serve both (the masks of the two
-branches are therefore the same draw, not independent ones as in PEFT). The feed-forward and attention-output projections, when targeted, are wrapped
-in place. Targets are matched by exact module path inside `encoder.layer.<i>`, so a head's
+branches are therefore the same draw, not independent ones as in PEFT). The feed-forward and
+attention-output projections, when targeted, are wrapped in place. Targets are matched by exact module path inside `encoder.layer.<i>`, so a head's
 `dense` layer can never be picked up by accident.
 """
 
@@ -102,7 +102,7 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
         return new
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        layers = self._fusable_lora_layers(hidden_states)
+        layers = self._fusable_lora_layers()
         if not layers:
             return super().forward(hidden_states, *args, **kwargs)
         # (..., in) -> (..., sum of ranks), one matmul; each layer gets its slice.
@@ -117,7 +117,7 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
             for layer in layers:
                 layer.forget_precomputed()  # still set only if the parent did not call the layer
 
-    def _fusable_lora_layers(self, hidden_states: torch.Tensor) -> list[LoraLinear]:
+    def _fusable_lora_layers(self) -> list[LoraLinear]:
         """The adapted, unmerged projections when two or more of them can share one matmul: same
         dropout, same factor dtype; [] otherwise (each layer then computes its own branch)."""
         layers = [

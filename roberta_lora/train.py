@@ -224,8 +224,7 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, compile_b
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
     dynamo_plugin = None
-    if compile_backend is not None:
-        check_compile_backend(compile_backend)
+    if compile_backend is not None:  # train() has already run check_compile_backend, before any output
         from accelerate.utils import TorchDynamoPlugin
 
         dynamo_plugin = TorchDynamoPlugin(backend=compile_backend)

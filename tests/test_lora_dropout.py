@@ -76,12 +76,16 @@ def test_training_forward_and_gradients_equal_inverted_dropout_written_out() -> 
     assert not torch.equal(got[0], layer.eval()(x).detach())  # the mask did drop something
 
 
+def _without_dropout(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+    return layer.base_layer(x) + layer.scaling * layer.lora_B(layer.lora_A(x))
+
+
 def test_dropout_is_unbiased_and_off_in_eval() -> None:
     layer = _layer(0.3)
     x = torch.randn(2, 12)
     with torch.no_grad():
         clean = layer.eval()(x)
-        assert torch.equal(clean, layer.base_layer(x) + layer.scaling * layer.lora_B(layer.lora_A(x)))
+        assert torch.equal(clean, _without_dropout(layer, x))
         layer.train()
         mean = torch.stack([layer(x) for _ in range(4000)]).mean(0)
     torch.testing.assert_close(mean, clean, atol=0.1, rtol=0.0)
@@ -94,9 +98,9 @@ def test_precomputed_hidden_is_used_once_and_only_for_the_same_input() -> None:
     layer.use_precomputed(x, fake_hidden, 2.0)
     torch.testing.assert_close(layer(x), layer.base_layer(x) + 2.0 * layer.scaling * layer.lora_B(fake_hidden))
     assert layer._precomputed is None
-    torch.testing.assert_close(layer(x), layer.base_layer(x) + layer.scaling * layer.lora_B(layer.lora_A(x)))
+    torch.testing.assert_close(layer(x), _without_dropout(layer, x))
     layer.use_precomputed(x, fake_hidden, 2.0)
-    torch.testing.assert_close(layer(other), layer.base_layer(other) + layer.scaling * layer.lora_B(layer.lora_A(other)))
+    torch.testing.assert_close(layer(other), _without_dropout(layer, other))
 
 
 def _toy_wrapper(dropout: float, targets: str = "query,value") -> LoraWrapperRoberta:
@@ -133,7 +137,7 @@ def test_shared_branch_equals_each_layer_on_its_own(targets: str, monkeypatch: p
     results = []
     for fused in (True, False):
         if not fused:
-            monkeypatch.setattr(LoraRobertaSelfAttention, "_fusable_lora_layers", lambda self, hidden: [])
+            monkeypatch.setattr(LoraRobertaSelfAttention, "_fusable_lora_layers", lambda self: [])
         model = _toy_wrapper(0.0, targets).train()  # train mode, no dropout: the paths must agree
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         logits.square().sum().backward()
