@@ -23,7 +23,7 @@ from torch import nn
 from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora import LoraLinear, fused_lora_forward
+from roberta_lora.lora import LoraLinear
 
 # Short target name -> module path inside one `encoder.layer.<i>`.
 TARGET_PATHS: dict[str, str] = {
@@ -105,21 +105,12 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
         layers = self._fusable_lora_layers()
         if not layers:
             return super().forward(hidden_states, *args, **kwargs)
-        if all(layer.cpu_kernel_applies(hidden_states) for layer in layers):
-            # Training on CPU: every adapted projection's whole output from one kernel.
-            for layer, output in zip(layers, fused_lora_forward(hidden_states, layers), strict=True):
-                layer.use_precomputed_output(hidden_states, output)
-            return self._forward_with_precomputed(layers, hidden_states, *args, **kwargs)
         # (..., in) -> (..., sum of ranks), one matmul; each layer gets its slice.
+        lora_input, extra_scale = layers[0].lora_input(hidden_states)
         stacked_A = torch.cat([layer.lora_A.weight for layer in layers])
-        hidden, extra_scale = layers[0].down_projection(hidden_states, stacked_A)
-        hiddens = hidden.split([layer.rank for layer in layers], dim=-1)
+        hiddens = torch.nn.functional.linear(lora_input, stacked_A).split([layer.rank for layer in layers], dim=-1)
         for layer, hidden in zip(layers, hiddens, strict=True):
             layer.use_precomputed(hidden_states, hidden, extra_scale)
-        return self._forward_with_precomputed(layers, hidden_states, *args, **kwargs)
-
-    def _forward_with_precomputed(self, layers: list[LoraLinear], hidden_states: torch.Tensor,
-                                  *args: Any, **kwargs: Any) -> Any:
         try:
             return super().forward(hidden_states, *args, **kwargs)
         finally:
@@ -136,7 +127,7 @@ class LoraRobertaSelfAttention(RobertaSelfAttention):
         if len(layers) < 2:
             return []
         first = layers[0]
-        if any(layer.active_dropout() != first.active_dropout() or layer.lora_A.weight.dtype != first.lora_A.weight.dtype
+        if any(layer.dropout != first.dropout or layer.lora_A.weight.dtype != first.lora_A.weight.dtype
                for layer in layers):
             return []
         return layers

@@ -7,36 +7,45 @@ the layer's output equals the base layer's output until `B` has been trained. Th
 layer is only ever *called*, never re-implemented, so a quantized base (bitsandbytes
 `Linear4bit` / `Linear8bitLt`) works the same as `nn.Linear`.
 
-Dropout is inverted dropout as in `nn.Dropout`, on the input of the LoRA branch only; how it is
-made cheap (a 16-bit keep-mask on CPU, the rescaling folded into the last matmul's scaling) is in
-`roberta_lora.lora_dropout`. Training on CPU with a plain frozen `nn.Linear` base goes through
-`roberta_lora.cpu_lora_kernel`, which computes the same output as one autograd node (and, for
-that base type only, evaluates x W^T + b itself instead of calling the layer).
+Dropout is inverted dropout as in `nn.Dropout`, written so that it costs little: the
+keep-mask is applied to `x` and the 1 / (1 - p) rescaling is folded into the LoRA scaling
+of the last matmul, which is the same value (the branch is linear after the mask) without
+a full-size multiply. On CPU the mask comes from 16 random bits per element instead of a
+float draw (`nn.Dropout`'s Bernoulli draw is most of a LoRA step's extra cost there), so p
+is used as the nearest multiple of 1/65536 (0.1 -> 0.100006) and rescaled by exactly that.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from roberta_lora.cpu_lora_kernel import LinearWithLora, fused_lora_linears
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora_dropout import cpu_keep_probability, cpu_keep_threshold, dropped_down_projection
+
+_MASK_LEVELS = 1 << 16  # resolution of the CPU dropout mask: one 16-bit random draw per element
 
 
-class _Precomputed(NamedTuple):
-    """Work done for a layer by its attention module (see injection.LoraRobertaSelfAttention),
-    used by the layer's next forward on that very input: either the whole output (tokens, out),
-    or hidden = A(dropout(x)) (..., r) with its extra scale."""
+def dropout_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout keep-mask for `x`: (bool tensor shaped like x, probability that an element is kept).
 
-    input: torch.Tensor
-    output: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-    extra_scale: float = 1.0
+    Each element is kept independently with the returned probability, which is 1 - p exactly on
+    accelerators and 1 - round(p * 65536) / 65536 on CPU (see the module docstring). Callers
+    scale kept values by 1 / that probability. Draws from torch's generator for x's device, so
+    `torch.manual_seed` makes it reproducible and a resumed run's saved RNG state continues it.
+    """
+    if x.device.type != "cpu":
+        # One fused uniform draw per element is cheap on a GPU; keep where u >= p, so P(keep) = 1 - p.
+        return torch.rand(x.shape, device=x.device) >= p, 1.0 - p
+    dropped_levels = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)  # p < 1 always keeps something
+    count = x.numel()
+    # One 64-bit draw gives four independent 16-bit values: a quarter of the generator calls of
+    # a float draw per element. The full int64 range makes every bit of each word uniform.
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((count + 3) // 4,), dtype=torch.int64)
+    draws = words.view(torch.int16)[:count].view(x.shape)  # uniform on [-32768, 32767]
+    keep = draws >= dropped_levels - _MASK_LEVELS // 2
+    return keep, (_MASK_LEVELS - dropped_levels) / _MASK_LEVELS
 
 
 class LoraLinear(nn.Module):
@@ -84,7 +93,9 @@ class LoraLinear(nn.Module):
         self.merged = False
         # The base weight as it was before `merge()`, so `unmerge()` restores it bit for bit.
         self._weight_before_merge: torch.Tensor | None = None
-        self._precomputed: _Precomputed | None = None
+        # (input, hidden, extra scale) computed for this layer by its attention module (see
+        # injection.LoraRobertaSelfAttention), used by the next forward on that very input.
+        self._precomputed: tuple[torch.Tensor, torch.Tensor, float] | None = None
         self.reset_lora_parameters(generator)
 
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -96,70 +107,38 @@ class LoraLinear(nn.Module):
         """The update as a dense matrix, (alpha / r) * B @ A, shape (out, in). The only place it is built."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
-    def down_projection(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        """hidden = A(dropout(x)), shape (..., r), and the extra factor (1 / keep probability while
-        dropout is active, else 1) by which the update must be scaled for it.
-
-        `weight` replaces A's weight: the attention module passes its layers' A's stacked, so
-        one matmul and one mask serve all of them.
-        """
-        weight = self.lora_A.weight if weight is None else weight
-        x = x.to(weight.dtype)
+    def lora_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """x in the factors' dtype, with dropout's keep-mask applied when training, and the factor
+        (1 / keep probability, else 1) by which the update must be scaled for it."""
+        x = x.to(self.lora_A.weight.dtype)
         if not (self.training and self.dropout > 0):
-            return torch.nn.functional.linear(x, weight), 1.0
-        return dropped_down_projection(x, weight, self.dropout)
+            return x, 1.0
+        keep, keep_probability = dropout_keep_mask(x, self.dropout)
+        # The same 0/1 bytes read as uint8: on CPU a float * uint8 multiply is about twice as fast
+        # as float * bool, and autograd applies the same mask again in backward.
+        return x * keep.view(torch.uint8), 1.0 / keep_probability
 
     def use_precomputed(self, x: torch.Tensor, hidden: torch.Tensor, extra_scale: float) -> None:
-        """Have the next forward on exactly `x` use `hidden` = A(dropout(x)) (shape (..., r))
+        """Have the next forward on exactly `x` use `hidden` = A(lora_input(x)) (shape (..., r))
         instead of computing it; a forward on any other tensor ignores it."""
-        self._precomputed = _Precomputed(x, hidden=hidden, extra_scale=extra_scale)
-
-    def use_precomputed_output(self, x: torch.Tensor, output: torch.Tensor) -> None:
-        """Have the next forward on exactly `x` return `output` (tokens, out), computed for it by
-        `fused_lora_forward`; a forward on any other tensor ignores it."""
-        self._precomputed = _Precomputed(x, output=output)
-
-    def active_dropout(self) -> float:
-        """The dropout probability the next forward applies: `dropout` in training, else 0."""
-        return self.dropout if self.training else 0.0
-
-    def cpu_kernel_applies(self, x: torch.Tensor) -> bool:
-        """Whether a forward on x can go through `cpu_lora_kernel`: training-time autograd on CPU,
-        unmerged, a plain frozen nn.Linear base, everything in x's floating dtype."""
-        base = self.base_layer
-        return (
-            x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and not self.merged
-            and type(base) is nn.Linear
-            and not base.weight.requires_grad
-            and x.dtype.is_floating_point
-            and base.weight.dtype == x.dtype == self.lora_A.weight.dtype
-            and not torch.is_autocast_enabled("cpu")  # autocast would recast the kernel's matmuls
-            and not torch.compiler.is_compiling()  # a compiler fuses the plain path itself
-        )
+        self._precomputed = (x, hidden, extra_scale)
 
     def forget_precomputed(self) -> None:
         """Drop a precomputed hidden that no forward used (so it does not keep tensors alive)."""
         self._precomputed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        precomputed, self._precomputed = self._precomputed, None
-        if precomputed is not None and precomputed.input is not x:
-            precomputed = None
-        if precomputed is not None and precomputed.output is not None:
-            return precomputed.output.view(*x.shape[:-1], self.out_features)
-        if precomputed is None and self.cpu_kernel_applies(x):
-            return fused_lora_forward(x, [self])[0]
         # The base layer sees x as (tokens, in), so an nn.Linear returns a plain (tokens, out)
         # tensor rather than a view, and the update can be accumulated into it in place (see
         # add_update). Linear layers act row by row, so flattening the leading dims changes nothing.
         result = self.base_layer(x.reshape(-1, self.in_features))  # (tokens, out)
+        precomputed, self._precomputed = self._precomputed, None
         if not self.merged:
-            if precomputed is not None and precomputed.hidden is not None:
-                hidden, extra_scale = precomputed.hidden, precomputed.extra_scale
+            if precomputed is not None and precomputed[0] is x:
+                hidden, extra_scale = precomputed[1], precomputed[2]
             else:
-                hidden, extra_scale = self.down_projection(x)  # (..., r)
+                lora_input, extra_scale = self.lora_input(x)
+                hidden = self.lora_A(lora_input)  # (..., r)
             result = self.add_update(result, hidden.reshape(-1, self.rank), extra_scale)
         return result.view(*x.shape[:-1], self.out_features)
 
@@ -210,22 +189,3 @@ class LoraLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
                 f"dropout={self.dropout:g}, merged={self.merged}")
-
-
-def fused_lora_forward(x: torch.Tensor, layers: Sequence[LoraLinear]) -> list[torch.Tensor]:
-    """Each layer's forward on the same x (..., in), through `cpu_lora_kernel` as one autograd node
-    with one dropout mask. Every layer must pass `cpu_kernel_applies(x)` and have the same active
-    dropout. Returns outputs shaped (..., out) in the order of `layers`.
-    """
-    dropout = layers[0].active_dropout()
-    if any(layer.active_dropout() != dropout for layer in layers):
-        raise ValueError("layers fused into one kernel must share their dropout probability")
-    threshold = cpu_keep_threshold(dropout) if dropout > 0 else None
-    extra_scale = 1.0 / cpu_keep_probability(threshold) if threshold is not None else 1.0
-    tensors = [
-        LinearWithLora(layer.base_layer.weight, layer.base_layer.bias, layer.lora_A.weight, layer.lora_B.weight,
-                       layer.scaling * extra_scale)
-        for layer in layers
-    ]
-    outputs = fused_lora_linears(x.reshape(-1, x.shape[-1]), tensors, threshold)
-    return [out.view(*x.shape[:-1], layer.out_features) for out, layer in zip(outputs, layers, strict=True)]

@@ -8,10 +8,8 @@ from torch import nn
 from transformers import RobertaModel
 
 import roberta_lora.lora as lora_module
-import roberta_lora.lora_dropout as dropout_module
 from roberta_lora.injection import LoraRobertaSelfAttention, lora_layers
-from roberta_lora.lora import LoraLinear
-from roberta_lora.lora_dropout import dropout_keep_mask, dropped_down_projection
+from roberta_lora.lora import LoraLinear, dropout_keep_mask
 from roberta_lora.model import LoraWrapperRoberta
 from roberta_lora.toy_model import toy_config
 
@@ -78,16 +76,6 @@ def test_training_forward_and_gradients_equal_inverted_dropout_written_out() -> 
     assert not torch.equal(got[0], layer.eval()(x).detach())  # the mask did drop something
 
 
-def test_plain_down_projection_under_autocast() -> None:
-    x = torch.randn(4, 12, requires_grad=True)
-    weight = torch.randn(3, 12, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden, _ = dropped_down_projection(x, weight, 0.1)
-    assert hidden.dtype == torch.bfloat16
-    hidden.float().sum().backward()
-    assert x.grad is not None and weight.grad is not None
-
-
 def _without_dropout(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor:
     return layer.base_layer(x) + layer.scaling * layer.lora_B(layer.lora_A(x))
 
@@ -125,29 +113,15 @@ def _toy_wrapper(dropout: float, targets: str = "query,value") -> LoraWrapperRob
     return model
 
 
-@pytest.mark.parametrize("cpu_kernel", [True, False])
-def test_query_and_value_share_one_mask_and_one_matmul_per_attention(
-    cpu_kernel: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_query_and_value_share_one_mask_and_one_matmul_per_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _toy_wrapper(0.1).train()
     drawn: list[tuple[int, ...]] = []
-    if cpu_kernel:  # one kernel call per attention, for both projections
-        real_kernel = lora_module.fused_lora_linears
 
-        def counting_kernel(x, layers, keep_threshold):  # type: ignore[no-untyped-def]
-            assert len(layers) == 2 and keep_threshold is not None
-            drawn.append(tuple(x.shape))
-            return real_kernel(x, layers, keep_threshold)
+    def counting_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+        drawn.append(tuple(x.shape))
+        return dropout_keep_mask(x, p)
 
-        monkeypatch.setattr(lora_module, "fused_lora_linears", counting_kernel)
-    else:  # the layer-by-layer path: one mask and one stacked A matmul per attention
-        monkeypatch.setattr(LoraLinear, "cpu_kernel_applies", lambda self, x: False)
-
-        def counting_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
-            drawn.append(tuple(x.shape))
-            return dropout_keep_mask(x, p)
-
-        monkeypatch.setattr(dropout_module, "dropout_keep_mask", counting_mask)
+    monkeypatch.setattr(lora_module, "dropout_keep_mask", counting_mask)
     ids = torch.randint(3, 100, (2, 9))
     model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
     attentions = [m for m in model.modules() if isinstance(m, LoraRobertaSelfAttention)]
