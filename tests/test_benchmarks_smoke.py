@@ -93,3 +93,20 @@ def test_epoch_throughput_runs_all_three_pipelines(tmp_path: Path, tiny_model_di
     assert header[:3] == ["task", "pipeline", "train + eval examples"] and "vs trainer-dynamic" in header
     assert [r[1] for r in rows] == ["roberta-lora", "trainer-padded", "trainer-dynamic"]
     assert all(r[2] == "16 + 8" for r in rows)
+
+
+def test_layer_breakdown_times_every_part_forward_and_backward(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    output = tmp_path / "breakdown.md"
+    script = load_script("layer_breakdown")
+    script.main(["--size", "tiny", "--layers", "2", "--seq-len", "8", "--batch-size", "2", "--warmup", "0",
+                 "--repeats", "1", "--output", str(output)])
+    header, rows = table_rows(output.read_text(), "part (ms per layer)")
+    assert header == ["part (ms per layer)", "limit", "peft", "roberta-lora", "peft - limit", "roberta-lora - limit"]
+    parts = ("attention.self", "attention.output", "intermediate", "output")
+    assert [r[0] for r in rows] == [f"{p} {phase}" for p in parts for phase in ("forward", "backward")] + [
+        "rest of the step (per step)", "whole step (per step)"]
+    # Every hook fired in every variant: a part whose backward was never seen would read "nan".
+    assert all(float(cell) > 0 for row in rows[:-2] for cell in row[1:4])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--variants", "peft,roberta-lora"])  # the differences need the limit
