@@ -40,16 +40,10 @@ PARTS = ("attention.self", "attention.output", "intermediate", "output")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", default="limit,peft,roberta-lora",
                         help=f"comma list from {list(step_time.VARIANTS)}; must include limit")
-    parser.add_argument("--size", choices=("base", "tiny"), default="base",
-                        help="base: roberta-base dimensions; tiny: hidden 32, 2 layers (for smoke tests)")
     parser.add_argument("--layers", type=int, default=4, help="encoder layers (the table is per layer)")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=8.0)
-    parser.add_argument("--lora-dropout", type=float, default=0.1, help="the same for PEFT and roberta-lora")
-    parser.add_argument("--targets", default="query,value")
+    step_time.add_model_arguments(parser)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (every variant once per round)")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "layer_breakdown.md")

@@ -55,18 +55,23 @@ GOAL_VS_PEFT = 0.98
 GOAL_VS_LIMIT = 1.03
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seq-lens", default="64,128,256", help="comma list of sequence lengths")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch, base size and LoRA settings that `build_models` reads (shared with layer_breakdown.py)."""
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {list(VARIANTS)}")
     parser.add_argument("--size", choices=("base", "tiny"), default="base",
                         help="base: roberta-base dimensions; tiny: hidden 32, 2 layers (for smoke tests)")
-    parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=8.0)
     parser.add_argument("--lora-dropout", type=float, default=0.1, help="the same for PEFT and roberta-lora")
     parser.add_argument("--targets", default="query,value")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq-lens", default="64,128,256", help="comma list of sequence lengths")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {list(VARIANTS)}")
+    parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    add_model_arguments(parser)
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (every variant once per round)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
     parser.add_argument("--quick", action="store_true", help="seq 128 only, 1 warm-up and 3 timed rounds")
