@@ -31,7 +31,7 @@ from typing import Any
 
 import step_time
 import torch
-from common import RESULTS_DIR, command_line, markdown_table, median, write_results
+from common import RESULTS_DIR, command_line, markdown_table, median, time_interleaved, write_results
 from torch import nn
 
 PARTS = ("attention.self", "attention.output", "intermediate", "output")
@@ -100,32 +100,28 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     torch.set_num_threads(1)  # the CPU clock of the calling thread then sees all the work
     args.seq_lens = [args.seq_len]
     models, config = step_time.build_models(args)
-    generator = torch.Generator().manual_seed(args.seq_len)
-    batch = {
-        "input_ids": torch.randint(3, config.vocab_size, (args.batch_size, args.seq_len), generator=generator),
-        "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
-        "labels": torch.randint(0, 2, (args.batch_size,), generator=generator),
-    }
-    timers = {name: PartTimer(model) for name, model in models.items()}
-    steps = {
-        name: step_time.make_step(
-            model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4), batch, nullcontext
-        )
-        for name, model in models.items()
-    }
+    batch = step_time.make_batch(config.vocab_size, args.batch_size, args.seq_len, "cpu")
+    # Per variant, every call's (part -> seconds, whole step seconds), warm-up rounds included.
+    calls: dict[str, list[tuple[dict[str, float], float]]] = {name: [] for name in models}
+
+    def timed_step(name: str, model: nn.Module) -> Callable[[], None]:
+        timer = PartTimer(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+        step = step_time.make_step(model, optimizer, batch, nullcontext)
+
+        def run_once() -> None:
+            timer.totals.clear()
+            start = time.thread_time()
+            step()
+            calls[name].append((dict(timer.totals), time.thread_time() - start))
+
+        return run_once
+
+    time_interleaved({name: timed_step(name, model) for name, model in models.items()}, args.warmup, args.repeats)
     layers = config.num_hidden_layers
     rows: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in models}
-    names = list(models)
-    for round_index in range(args.warmup + args.repeats):
-        shift = round_index % len(names)  # rotate the order, as step_time does
-        for name in names[shift:] + names[:shift]:
-            timers[name].totals.clear()
-            start = time.thread_time()
-            steps[name]()
-            whole = time.thread_time() - start
-            if round_index < args.warmup:
-                continue
-            parts = dict(timers[name].totals)
+    for name, records in calls.items():
+        for parts, whole in records[args.warmup:]:  # each variant runs once per round
             for part, seconds in parts.items():
                 rows[name][part].append(1000 * seconds / layers)
             rows[name]["rest of the step (per step)"].append(1000 * (whole - sum(parts.values())))

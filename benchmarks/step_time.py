@@ -122,6 +122,16 @@ def build_models(args: argparse.Namespace) -> tuple[dict[str, nn.Module], Any]:
     return models, base.config
 
 
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, device: str) -> dict[str, torch.Tensor]:
+    """Random token ids (seeded by the length, so every variant and script gets the same batch), full mask."""
+    generator = torch.Generator().manual_seed(seq_len)
+    return {
+        "input_ids": torch.randint(3, vocab_size, (batch_size, seq_len), generator=generator).to(device),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long).to(device),
+        "labels": torch.randint(0, 2, (batch_size,), generator=generator).to(device),
+    }
+
+
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
               autocast: Any) -> Callable[[], None]:
     def step() -> None:
@@ -167,12 +177,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     vocab = config.vocab_size
     records = []
     for seq_len in args.seq_lens:
-        generator = torch.Generator().manual_seed(seq_len)
-        batch = {
-            "input_ids": torch.randint(3, vocab, (args.batch_size, seq_len), generator=generator).to(args.device),
-            "attention_mask": torch.ones(args.batch_size, seq_len, dtype=torch.long).to(args.device),
-            "labels": torch.randint(0, 2, (args.batch_size,), generator=generator).to(args.device),
-        }
+        batch = make_batch(vocab, args.batch_size, seq_len, args.device)
         steps = {name: make_step(models[name], optimizers[name], batch, autocast) for name in models}
         times = time_interleaved(steps, args.warmup, args.repeats, cuda_synchronize(args.device))
         for name, model in models.items():

@@ -8,8 +8,9 @@ LoRA layers. Before delegating, it computes the LoRA branches' first matmul for 
 adapted projections at once, as litgpt's fused qkv LoRA does: query and value read the same
 hidden states, so one (2r x in) matmul and one dropout mask serve both (the masks of the two
 branches are therefore the same draw, not independent ones as in PEFT). The feed-forward and
-attention-output projections, when targeted, are wrapped in place. Targets are matched by exact module path inside `encoder.layer.<i>`, so a head's
-`dense` layer can never be picked up by accident.
+attention-output projections, when targeted, are wrapped in place. Targets are matched by exact
+module path inside `encoder.layer.<i>`, so a head's `dense` layer can never be picked up by
+accident.
 """
 
 from __future__ import annotations
