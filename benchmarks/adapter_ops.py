@@ -1,9 +1,9 @@
 """Adapter operations on an already-loaded roberta-base-shaped base: load, switch, merge, sizes.
 
-- load:   `model.load_adapter(dir, name)` (read the files, check them, keep the tensors) for nine
+- load:   `bank.load_adapter(dir, name)` (read the files, check them, keep the tensors) for nine
           adapters shaped like the nine GLUE tasks' (two-class, STS-B regression, MNLI three-class),
-          and `model.load_adapter(dir)` into the active adapter.
-- switch: `model.set_adapter(name)` in a cycle over the nine; a switch to a task with another
+          and `model.load_adapter(dir)` into the model's own adapter.
+- switch: `bank.set_adapter(name)` in a cycle over the nine; a switch to a task with another
           number of classes rebuilds the head, reported separately.
 - merge:  `merge_adapter()` / `unmerge_adapter()`, and eval-mode inference of the merged model
           against the plain base model (the same encoder and head without LoRA; goal: ratio ~1.0).
@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def base_encoder(size: str) -> nn.Module:
     from transformers import RobertaModel
 
-    from roberta_lora.toy_model import roberta_base_config, toy_config
+    from roberta_lora.model.toy import roberta_base_config, toy_config
 
     torch.manual_seed(0)
     return RobertaModel(roberta_base_config() if size == "base" else toy_config(400), add_pooling_layer=False)
@@ -72,8 +72,8 @@ def base_encoder(size: str) -> nn.Module:
 
 def make_adapters(base: nn.Module, directory: Path, rank: int) -> dict[str, Path]:
     """Save one adapter per GLUE task, each with its own random (non-zero) LoRA and head."""
-    from roberta_lora.injection import lora_layers
-    from roberta_lora.model import LoraWrapperRoberta
+    from roberta_lora.lora.injection import lora_layers
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
 
     paths = {}
     for seed, (task, classes) in enumerate(GLUE_CLASSES.items()):
@@ -107,11 +107,11 @@ def measure_operations(model: Any, adapters: dict[str, Path], args: argparse.Nam
         for task, path in adapters.items():
             if task in model.adapters:
                 model.delete_adapter(task)
-            seconds = timed(partial(model.load_adapter, path, adapter_name=task), sync)
+            seconds = timed(partial(model.load_adapter, path, task), sync)
             if record:
                 loads.append(seconds)
         # Into the active ("default", two classes like sst2) adapter: same shapes, tensors replaced in place.
-        seconds = timed(partial(model.load_adapter, adapters["sst2"]), sync)
+        seconds = timed(partial(model.model.load_adapter, adapters["sst2"]), sync)
         if record:
             replaces.append(seconds)
         previous = model.adapter_config.num_classes
@@ -170,7 +170,7 @@ def measure_inference(base: nn.Module, model: Any, args: argparse.Namespace) -> 
 def file_sizes(base: nn.Module, adapters: dict[str, Path], rank: int, scratch: Path) -> list[list[str]]:
     import peft
 
-    from roberta_lora.model import adapter_size_bytes
+    from roberta_lora.model.config import adapter_size_bytes
 
     ours = adapters["sst2"]
     peft_model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=rank, lora_alpha=rank,
@@ -193,16 +193,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
     set_threads(args.threads)
-    from roberta_lora.model import LoraWrapperRoberta
+    from roberta_lora.adapters.bank import AdapterBank
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
 
     base = base_encoder(args.size)
     with tempfile.TemporaryDirectory(prefix="adapter-ops-") as scratch:
         adapters = make_adapters(base, Path(scratch), args.rank)
         model = LoraWrapperRoberta(model_id=copy.deepcopy(base), num_classes=2, lora_rank=args.rank,
                                    lora_alpha=args.rank, seed=0, task="sst2").to(args.device).eval()
-        operations = measure_operations(model, adapters, args)
-        for task in adapters:
-            model.delete_adapter(task)
+        operations = measure_operations(AdapterBank(model), adapters, args)
         model.load_adapter(adapters["sst2"])
         inference, merged_ratio = measure_inference(base, model, args)
         sizes = file_sizes(base, adapters, args.rank, Path(scratch))

@@ -203,7 +203,7 @@ def trainable_count(model: nn.Module) -> int:
 
 
 def light_head(config: Any, num_classes: int = 2, dropout: float = 0.1, seed: int = 0) -> nn.Module:
-    from roberta_lora.heads import build_classification_head
+    from roberta_lora.model.heads import build_classification_head
 
     return build_classification_head("light", config, num_classes, dropout, torch.Generator().manual_seed(seed))
 
@@ -253,7 +253,7 @@ def build_roberta_lora(base: nn.Module, rank: int, alpha: float, dropout: float,
     """roberta-lora's model with its defaults (biases, LayerNorms and the light head train)."""
     import copy
 
-    from roberta_lora.model import LoraWrapperRoberta
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
 
     return LoraWrapperRoberta(model_id=copy.deepcopy(base), num_classes=2, lora_rank=rank, lora_alpha=alpha,
                               lora_dropout=dropout, targets=",".join(targets), seed=0)

@@ -80,9 +80,9 @@ def build_default_model(directory: Path, args: argparse.Namespace) -> Path:
     """A random RoBERTa (`--layers`, `--hidden`, FFN 4x hidden, 64-dim heads) with a byte-level BPE
     tokenizer trained on the tasks' training text, so sentences split into word-sized tokens
     about as roberta-base's tokenizer splits them (the toy tokenizer's 400 tokens would not)."""
-    from roberta_lora.data import load_split
-    from roberta_lora.tasks import load_task
-    from roberta_lora.toy_model import make_toy_roberta
+    from roberta_lora.data.readers import load_split
+    from roberta_lora.data.tasks import load_task
+    from roberta_lora.model.toy import make_toy_roberta
 
     corpus: list[str] = []
     for task in args.tasks:
@@ -96,8 +96,8 @@ def build_default_model(directory: Path, args: argparse.Namespace) -> Path:
 
 
 def raw_splits(task: str, data_dir: Path, train_samples: int, eval_samples: int | None) -> tuple[Any, Any, Any]:
-    from roberta_lora.data import load_split
-    from roberta_lora.tasks import load_task
+    from roberta_lora.data.readers import load_split
+    from roberta_lora.data.tasks import load_task
 
     spec = load_task(task)
     train = load_split(spec, "train", data_dir)
@@ -111,9 +111,9 @@ def raw_splits(task: str, data_dir: Path, train_samples: int, eval_samples: int 
 # ----------------------------------------------------------------------------- pipelines
 def run_roberta_lora(task: str, model_dir: Path, args: argparse.Namespace, run_dir: Path, cache: Path,
                      train_samples: int, eval_samples: int | None) -> dict[str, Any]:
-    from roberta_lora.tasks import load_task
-    from roberta_lora.train import train
-    from roberta_lora.train_config import resolve_train_config
+    from roberta_lora.data.tasks import load_task
+    from roberta_lora.training.config import resolve_train_config
+    from roberta_lora.training.loop import train
 
     config = resolve_train_config(load_task(task), {
         "model": str(model_dir), "data_dir": str(args.data_dir), "output_dir": str(run_dir), "epochs": 1,
@@ -130,8 +130,8 @@ def warm_cache(task: str, model_dir: Path, args: argparse.Namespace, cache: Path
     """Tokenize once into roberta-lora's cache, so the timed runs read it as a repeated run would."""
     from transformers import AutoTokenizer
 
-    from roberta_lora.task_data import load_task_data
-    from roberta_lora.tasks import load_task
+    from roberta_lora.data.task_data import load_task_data
+    from roberta_lora.data.tasks import load_task
 
     load_task_data(load_task(task), AutoTokenizer.from_pretrained(model_dir), args.data_dir,
                    max_length=args.max_length, max_train_samples=train_samples, max_eval_samples=eval_samples,

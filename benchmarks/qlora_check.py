@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.quantization import build_optimizer, check_qlora_options
-from roberta_lora.toy_model import roberta_base_config
+from roberta_lora.model.quantization import build_optimizer, check_qlora_options
+from roberta_lora.model.toy import roberta_base_config
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 
 def make_base(directory: Path) -> Path:

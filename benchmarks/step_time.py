@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def base_encoder(size: str, layers: int | None) -> nn.Module:
     from transformers import RobertaModel
 
-    from roberta_lora.toy_model import roberta_base_config, toy_config
+    from roberta_lora.model.toy import roberta_base_config, toy_config
 
     config = roberta_base_config() if size == "base" else toy_config(400)
     if layers is not None:

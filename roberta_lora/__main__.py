@@ -2,6 +2,6 @@
 
 import sys
 
-from roberta_lora.cli import main
+from roberta_lora.cli.main import main
 
 sys.exit(main())

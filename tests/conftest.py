@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # for 2 cores can make each step 30x slower. Subprocesses (accelerate launch, notebooks) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from roberta_lora.toy_model import DEFAULT_CORPUS, make_toy_roberta, toy_config  # noqa: E402
+from roberta_lora.model.toy import DEFAULT_CORPUS, make_toy_roberta, toy_config  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -48,3 +48,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts as a new process would, as far as accelerate is concerned.
+
+    accelerate fixes one mixed precision per process (roberta_lora.runtime refuses a second one with
+    a clear error); a test process runs many trainings, so it resets that state between tests, the way
+    accelerate's own test suite does (`AccelerateTestCase.tearDown`). The library never does this.
+    """
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

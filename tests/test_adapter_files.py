@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import RobertaModel
 
-from roberta_lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 from roberta_lora.errors import AdapterError
-from roberta_lora.injection import lora_layers
-from roberta_lora.model import LoraWrapperRoberta, adapter_size_bytes
-from roberta_lora.toy_model import toy_config
+from roberta_lora.lora.injection import lora_layers
+from roberta_lora.model.config import CONFIG_NAME, WEIGHTS_NAME, adapter_size_bytes
+from roberta_lora.model.toy import toy_config
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 
 def trained_model(base_dir, **kwargs) -> LoraWrapperRoberta:
@@ -181,7 +181,7 @@ def test_interrupted_save_keeps_the_previous_adapter(tiny_model_dir, tmp_path, m
     model.save_adapter(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    import roberta_lora.adapter_io as adapter_io
+    import roberta_lora.fileio as adapter_io
 
     def failing_replace(src, dst):
         raise OSError("disk full")

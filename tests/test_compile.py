@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from roberta_lora.cli import main
+from roberta_lora.cli.main import main
 from roberta_lora.errors import ConfigError
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.train import train
-from roberta_lora.train_config import TrainConfig
+from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.training.config import TrainConfig
+from roberta_lora.training.loop import train
 
 from fixtures_glue import write_glue_fixture
 
@@ -55,7 +55,7 @@ def test_compiled_training_gives_the_eager_adapter(tiny_model_dir, glue_dir, tmp
 
 def test_missing_cpu_compiler_is_a_clear_error_before_any_output(tiny_model_dir, glue_dir, tmp_path,
                                                                  monkeypatch) -> None:
-    monkeypatch.setattr("roberta_lora.train.shutil.which", lambda name: None)
+    monkeypatch.setattr("roberta_lora.runtime.shutil.which", lambda name: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="C\\+\\+ compiler.*without --torch-compile"):
@@ -64,7 +64,7 @@ def test_missing_cpu_compiler_is_a_clear_error_before_any_output(tiny_model_dir,
 
 
 def test_compile_flags_on_the_cli(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("roberta_lora.train.shutil.which", lambda name: None)
+    monkeypatch.setattr("roberta_lora.runtime.shutil.which", lambda name: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = ["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(glue_dir),
             "--output-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--torch-compile"]

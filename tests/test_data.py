@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from roberta_lora import data as data_module
-from roberta_lora.data import (
+from roberta_lora.data import readers as data_module
+from roberta_lora.data.readers import (
     data_info,
     load_split,
     make_collator,
     split_names,
     tokenize_classification,
 )
+from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError, DataError
-from roberta_lora.tasks import load_task
 
 from fixtures_glue import TASK_DIRS, write_glue_fixture, write_squad_fixture
 
@@ -181,7 +181,7 @@ def test_second_call_loads_from_cache(tmp_path: Path, tiny_tokenizer, cache_dir:
     first = tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer, cache_dir=cache_dir)
     assert calls  # tokenized once
     calls.clear()
-    with caplog.at_level(logging.INFO, logger="roberta_lora.data"):
+    with caplog.at_level(logging.INFO, logger="roberta_lora.data.readers"):
         second = tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer, cache_dir=cache_dir)
     assert calls == [] and "from cache" in caplog.text
     assert second.to_list() == first.to_list()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from roberta_lora.data.glue_files import GLUE_LAYOUTS, read_glue_tsv
+from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import DataError
-from roberta_lora.glue_files import GLUE_LAYOUTS, read_glue_tsv
-from roberta_lora.tasks import load_task
 
 from fixtures_glue import TASK_DIRS, glue_rows, sentence, write_glue_fixture, write_tsv
 
@@ -139,7 +139,7 @@ def test_qqp_skips_malformed_rows_and_logs_count(tmp_path: Path, caplog: pytest.
     lines[7] = _replace_field(lines[7], 4, "")  # the hub keeps QQP pairs with an empty question2
     path = tmp_path / "train.tsv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="roberta_lora.glue_files"):
+    with caplog.at_level(logging.WARNING, logger="roberta_lora.data.glue_files"):
         data = _read("qqp", path)
     assert len(data) == 7  # 9 data lines - 2 malformed
     assert "skipped 2 malformed row(s) without 6 fields (lines 4, 7)" in caplog.text

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from roberta_lora.train import train
-from roberta_lora.train_config import TrainConfig
+from roberta_lora.training.config import TrainConfig
+from roberta_lora.training.loop import train
 
 from fixtures_glue import write_tsv
 

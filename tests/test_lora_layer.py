@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora import LoraLinear
+from roberta_lora.lora.layer import LoraLinear
 
 
 def make_layer(rank: int = 4, alpha: float = 8.0, seed: int = 0) -> LoraLinear:

@@ -15,16 +15,13 @@ from transformers import (
     RobertaModel,
 )
 
-from roberta_lora.cli import main
+from roberta_lora.adapters.bank import AdapterBank
+from roberta_lora.adapters.combine import combine_lora_factors
+from roberta_lora.adapters.merge import MERGE_INFO_NAME, load_merged
+from roberta_lora.cli.main import main
 from roberta_lora.errors import ConfigError
-from roberta_lora.injection import lora_layers
-from roberta_lora.merge_export import (
-    MERGE_INFO_NAME,
-    MergedLightClassifier,
-    combine_lora_factors,
-    load_merged,
-)
-from roberta_lora.model import LoraWrapperRoberta
+from roberta_lora.lora.injection import lora_layers
+from roberta_lora.model.standalone import MergedLightClassifier
 
 KINDS = {
     "squad": ({"task_type": "squad_v1", "targets": "all-linear", "lora_rank": 4, "lora_alpha": 8}, RobertaForQuestionAnswering),
@@ -154,16 +151,16 @@ def test_cli_merge_refuses_a_non_empty_output_and_overwrites_on_request(tiny_mod
 
 
 # ----------------------------------------------------------------------------- combining adapters
-def two_adapters(tiny_model_dir, tmp_path, second: dict | None = None) -> LoraWrapperRoberta:
-    model = trained_model(tiny_model_dir, seed=4, lora_rank=4, lora_alpha=8)
+def two_adapters(tiny_model_dir, tmp_path, second: dict | None = None) -> AdapterBank:
+    bank = AdapterBank(trained_model(tiny_model_dir, seed=4, lora_rank=4, lora_alpha=8))
     trained_model(tiny_model_dir, seed=5, **(second or {"lora_rank": 2, "lora_alpha": 6})).save_adapter(tmp_path / "b")
-    model.load_adapter(tmp_path / "b", "b")
-    return model
+    bank.load_adapter(tmp_path / "b", "b")
+    return bank
 
 
-def deltas(model, name: str) -> dict[str, torch.Tensor]:
-    model.set_adapter(name)
-    return {path: layer.delta_weight() for path, layer in lora_layers(model.roberta).items()}
+def deltas(bank, name: str) -> dict[str, torch.Tensor]:
+    bank.set_adapter(name)
+    return {path: layer.delta_weight() for path, layer in lora_layers(bank.model.roberta).items()}
 
 
 def test_cat_combination_equals_the_weighted_sum_of_deltas(tiny_model_dir, tmp_path, caplog) -> None:
@@ -176,9 +173,9 @@ def test_cat_combination_equals_the_weighted_sum_of_deltas(tiny_model_dir, tmp_p
     for path, delta in combined.items():
         torch.testing.assert_close(delta, 0.7 * first[path] - 1.3 * second[path], atol=1e-6, rtol=1e-5)
     model.set_adapter("mix")  # biases, LayerNorms and head are the first adapter's
-    mix = model.adapter_state_dict()
+    mix = model.model.adapter_state_dict()
     model.set_adapter("default")
-    assert all(torch.equal(mix[n], t) for n, t in model.adapter_state_dict().items() if ".lora_" not in n)
+    assert all(torch.equal(mix[n], t) for n, t in model.model.adapter_state_dict().items() if ".lora_" not in n)
 
 
 def test_svd_combination_is_exact_at_full_rank_and_optimal_below(tiny_model_dir, tmp_path) -> None:
@@ -213,7 +210,7 @@ def test_heads_are_averaged_only_on_request_and_when_shapes_match(tiny_model_dir
     parts = {}
     for name in ("default", "b", "avg"):
         model.set_adapter(name)
-        parts[name] = model.classifier.out_proj.weight.detach().clone()
+        parts[name] = model.model.classifier.out_proj.weight.detach().clone()
     torch.testing.assert_close(parts["avg"], 0.25 * parts["default"] + 0.75 * parts["b"])
 
     other = two_adapters(tiny_model_dir, tmp_path / "other", {"num_classes": 3, "head": "roberta", "lora_rank": 4})

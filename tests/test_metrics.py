@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.metrics import (
+from roberta_lora.evaluation.metrics import (
     METRIC_FUNCTIONS,
     accuracy,
     compute_metrics,

@@ -9,10 +9,10 @@ import torch
 from transformers import RobertaModel
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.injection import LoraRobertaSelfAttention, lora_layers
-from roberta_lora.lora import LoraLinear
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.toy_model import roberta_base_config, toy_config
+from roberta_lora.lora.injection import LoraRobertaSelfAttention, lora_layers
+from roberta_lora.lora.layer import LoraLinear
+from roberta_lora.model.toy import roberta_base_config, toy_config
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 
 def inputs(batch: int = 3, length: int = 9, vocab: int = 400) -> tuple[torch.Tensor, torch.Tensor]:

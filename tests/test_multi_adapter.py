@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import RobertaModel
 
-from roberta_lora.adapter_io import CONFIG_NAME
+from roberta_lora.adapters.bank import AdapterBank
+from roberta_lora.adapters.mixed import MultiAdapterPredictor
 from roberta_lora.errors import AdapterError, ConfigError
-from roberta_lora.injection import lora_layers
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.multi_adapter import MultiAdapterPredictor
+from roberta_lora.lora.injection import lora_layers
+from roberta_lora.model.config import CONFIG_NAME
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 # name -> how the adapter is built: different tasks, heads, ranks, targets and train_* flags.
 ADAPTERS = {
@@ -51,12 +52,12 @@ def alone(adapter_dirs) -> dict[str, LoraWrapperRoberta]:
     return {name: LoraWrapperRoberta.from_adapter(d) for name, d in adapter_dirs.items()}
 
 
-def multi_model(adapter_dirs, first: str = "sst2") -> LoraWrapperRoberta:
-    model = LoraWrapperRoberta.from_adapter(adapter_dirs[first])
+def multi_model(adapter_dirs, first: str = "sst2") -> AdapterBank:
+    bank = AdapterBank.from_adapter(adapter_dirs[first])
     for name, directory in adapter_dirs.items():
         if name != first:
-            model.load_adapter(directory, name)
-    return model
+            bank.load_adapter(directory, name)
+    return bank
 
 
 def batch(length: int = 9):
@@ -91,19 +92,20 @@ def test_every_active_adapter_equals_loading_it_alone(adapter_dirs, alone) -> No
     assert model.task_type == "glue" and model.adapter_config.head == "light"
 
 
-def test_load_adapter_without_name_keeps_the_single_adapter_behaviour(adapter_dirs, alone) -> None:
+def test_the_single_adapter_model_loads_same_shaped_adapters_and_points_to_the_bank(adapter_dirs, alone) -> None:
     model = LoraWrapperRoberta(model_id=alone["sst2"].adapter_config.base_model, num_classes=2).eval()
     assert model.load_adapter(adapter_dirs["sst2"]).task == "sst2"
-    assert model.adapters == ["default"]
     assert_same(model, alone["sst2"], *batch())
-    with pytest.raises(AdapterError, match="num_classes: adapter 3 vs model 2.*adapter_name"):
+    with pytest.raises(AdapterError, match="num_classes: adapter 3 vs model 2.*AdapterBank"):
         model.load_adapter(adapter_dirs["mnli"])
+    with pytest.raises(ConfigError, match="holds one adapter.*AdapterBank"):
+        model.load_adapter(adapter_dirs["mnli"], "mnli")
 
 
 def test_switching_keeps_the_outgoing_adapters_progress(adapter_dirs, alone) -> None:
     model = multi_model(adapter_dirs)
     with torch.no_grad():  # a "training step" on the active adapter
-        model.classifier.out_proj.bias.add_(1.0)
+        model.model.classifier.out_proj.bias.add_(1.0)
         next(iter(lora_layers(model).values())).lora_B.weight.mul_(2.0)
     ids, mask = batch()
     trained = outputs(model, ids, mask)
@@ -138,7 +140,7 @@ def test_disable_adapter_runs_the_plain_base_then_restores_everything(tiny_model
     ids, mask = batch()
     model.set_adapter("full")
     with model.disable_adapter(), torch.no_grad():
-        assert torch.equal(model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state,
+        assert torch.equal(model.model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state,
                            plain(input_ids=ids, attention_mask=mask).last_hidden_state)
     assert_same(model, alone["full"], ids, mask)
     model.set_adapter("mnli")  # trains embeddings, biases and LayerNorms: all must go back to the base's
@@ -147,12 +149,12 @@ def test_disable_adapter_runs_the_plain_base_then_restores_everything(tiny_model
     with model.disable_adapter():
         assert not lora_layers(model)
         with torch.no_grad():
-            hidden = model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = model.model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
             expected = plain(input_ids=ids, attention_mask=mask).last_hidden_state
             assert torch.equal(hidden, expected)
-            assert torch.equal(model(ids, mask).logits, model.classifier(expected))  # the active head still applies
+            assert torch.equal(model(ids, mask).logits, model.model.classifier(expected))  # the active head still applies
         with pytest.raises(ConfigError, match="disable_adapter"):
-            model.set_adapter("sst2")
+            model.set_adapter("default")
     assert model.merged
     model.unmerge_adapter()
     assert_same(model, alone["mnli"], ids, mask)
@@ -177,7 +179,7 @@ def test_delete_adapter(adapter_dirs, alone) -> None:
 
 def test_named_loading_checks_names_files_and_base(adapter_dirs, tmp_path) -> None:
     model = multi_model(adapter_dirs)
-    with pytest.raises(AdapterError, match="already loaded"):
+    with pytest.raises(ConfigError, match="already loaded"):
         model.load_adapter(adapter_dirs["mnli"], "mnli")
     broken = tmp_path / "broken"
     broken.mkdir()

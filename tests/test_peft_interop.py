@@ -9,10 +9,10 @@ import torch
 from test_multi_adapter import batch, outputs, trained_model
 from transformers import RobertaForQuestionAnswering, RobertaForSequenceClassification
 
-from roberta_lora.cli import main
+from roberta_lora.adapters.peft import import_peft
+from roberta_lora.cli.main import main
 from roberta_lora.errors import AdapterError
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.peft_interop import import_peft
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 peft = pytest.importorskip("peft")
 
@@ -82,7 +82,8 @@ def test_a_peft_trained_adapter_imports_with_the_same_logits(tiny_model_dir, tmp
             if parameter.requires_grad:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
     theirs.save_pretrained(tmp_path / "peft")
-    ours = import_peft(tmp_path / "peft", model_id=tiny_model_dir, task="mnli")
+    ours = import_peft(tmp_path / "peft", model_id=tiny_model_dir, task="mnli",
+                       label_names=["entailment", "neutral", "contradiction"])
     assert ours.adapter_config.targets == ["query", "value", "intermediate"]
     assert ours.adapter_config.label_names == ["entailment", "neutral", "contradiction"]
     assert ours.adapter_config.train_biases == (bias != "none")

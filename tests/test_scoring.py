@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from roberta_lora.cli import main
+from roberta_lora.cli.main import main
+from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import DataError
-from roberta_lora.scoring import score_predictions
-from roberta_lora.tasks import load_task
+from roberta_lora.evaluation.scoring import score_predictions
 
 from fixtures_glue import squad_document, write_glue_fixture, write_squad_fixture
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from roberta_lora.data import data_info, load_split
-from roberta_lora.tasks import load_task
+from roberta_lora.data.readers import data_info, load_split
+from roberta_lora.data.tasks import load_task
 
 # file (relative to shared/data) -> (task, split, rows or questions), from shared/data/README.md
 FILES = {

@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from roberta_lora.data.squad_features import prepare_eval_features, prepare_train_features
 from roberta_lora.errors import ConfigError, DataError
-from roberta_lora.squad import (
-    postprocess_predictions,
-    prepare_eval_features,
-    prepare_train_features,
-)
+from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 
 MAX_LENGTH, STRIDE = 48, 16
 CONTEXT = (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from roberta_lora.data.squad_files import read_squad_file, squad_features
 from roberta_lora.errors import DataError
-from roberta_lora.squad_files import read_squad_file, squad_features
 
 from fixtures_glue import squad_document, write_squad_fixture
 

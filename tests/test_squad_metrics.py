@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from roberta_lora.errors import ConfigError, DataError
-from roberta_lora.squad_metrics import (
+from roberta_lora.evaluation.squad_metrics import (
     exact_match_score,
     examples_to_squad_dataset,
     f1_score,
@@ -80,7 +80,7 @@ def test_v1_max_over_golds_and_missing_prediction(caplog: pytest.LogCaptureFixtu
         [_qa("q2", "quick brown dog jumps", "lazy fox"), _qa("q3", "1912")],
     )
     preds = {"q1": "denver broncos!", "q2": "the quick brown fox", "unknown": "ignored"}
-    with caplog.at_level(logging.WARNING, logger="roberta_lora.squad_metrics"):
+    with caplog.at_level(logging.WARNING, logger="roberta_lora.evaluation.squad_metrics"):
         result = squad_v1_metrics(dataset, preds)
     # q1: EM 1, F1 1; q2: EM 0, F1 max(4/7, 2/5) = 4/7; q3: missing -> 0, still counted
     assert result == {"exact_match": pytest.approx(100 / 3), "f1": pytest.approx(100 * (1 + 4 / 7) / 3)}

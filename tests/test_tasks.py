@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roberta_lora.errors import ConfigError
-from roberta_lora.tasks import (
+from roberta_lora.data.tasks import (
     Recipe,
     available_tasks,
     load_config_overrides,
@@ -15,6 +14,7 @@ from roberta_lora.tasks import (
     recipe_with_overrides,
     tasks_dir,
 )
+from roberta_lora.errors import ConfigError
 
 ALL_TASKS = ["cola", "imdb", "mnli", "mrpc", "qnli", "qqp", "rte", "squad_v1", "squad_v2", "sst2", "stsb", "wnli"]
 
@@ -196,6 +196,6 @@ def test_load_config_overrides(tmp_path: Path) -> None:
 def test_task_file_keys_are_the_taskspec_fields() -> None:
     import dataclasses
 
-    from roberta_lora.tasks import _KEY_TYPES, TaskSpec
+    from roberta_lora.data.tasks import _KEY_TYPES, TaskSpec
 
     assert set(_KEY_TYPES) == {f.name for f in dataclasses.fields(TaskSpec)} - {"source_path"}

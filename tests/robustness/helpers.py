@@ -117,7 +117,7 @@ def check_run_files(run_dir: Path) -> list[str]:
 SERVER_CODE = r"""
 import json, os, signal, sys, traceback
 # Import everything a training run needs once; each forked child then starts in milliseconds.
-import roberta_lora.cli, roberta_lora.train, roberta_lora.cli_train, roberta_lora.evaluation
+import roberta_lora.cli.main, roberta_lora.training.loop, roberta_lora.cli.train, roberta_lora.evaluation.evaluate
 import datasets, matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot
@@ -141,7 +141,7 @@ def child(request):
                         os.kill(os.getpid(), signal.SIGKILL)
                 return real_replace(src, dst, *args, **kwargs)
             os.replace = replace
-        code = roberta_lora.cli.main(request["argv"])
+        code = roberta_lora.cli.main.main(request["argv"])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:

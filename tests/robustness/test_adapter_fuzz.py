@@ -40,10 +40,9 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save
 
-from roberta_lora.adapter_config import AdapterConfig
-from roberta_lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
 from roberta_lora.errors import AdapterError, RobertaLoraError
-from roberta_lora.model import LoraWrapperRoberta
+from roberta_lora.model.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, read_adapter_config
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 from .helpers import (
     CaseTimeout,

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from roberta_lora.data import load_split, read_local_file
+from roberta_lora.data.glue_files import GLUE_LAYOUTS
+from roberta_lora.data.readers import load_split, read_local_file
+from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import DataError
-from roberta_lora.glue_files import GLUE_LAYOUTS
-from roberta_lora.tasks import load_task
 
 from fixtures_glue import TASK_DIRS, glue_rows, squad_document
 

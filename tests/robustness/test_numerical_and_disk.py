@@ -24,22 +24,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import roberta_lora.adapter_io as adapter_io
-import roberta_lora.train as train_module
-from roberta_lora.adapter_config import AdapterConfig
-from roberta_lora.adapter_io import atomic_write_text, save_adapter_files
-from roberta_lora.cli import main
+import roberta_lora.fileio as adapter_io
+import roberta_lora.training.loop as train_module
+from roberta_lora.cli.main import main
 from roberta_lora.errors import AdapterError, ConfigError
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.run_files import (
-    RunHistory,
-    plot_curves,
-    save_training_state,
-    write_metrics_jsonl,
-    write_model_card,
-)
-from roberta_lora.train import TrainingDivergedError, train
-from roberta_lora.train_config import TrainConfig
+from roberta_lora.fileio import atomic_write_text
+from roberta_lora.model.adapter_files import save_adapter_files
+from roberta_lora.model.config import AdapterConfig
+from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.training.checkpoints import save_training_state
+from roberta_lora.training.config import TrainConfig
+from roberta_lora.training.loop import TrainingDivergedError, train
+from roberta_lora.training.run_files import RunHistory, plot_curves, write_metrics_jsonl, write_model_card
 
 from .helpers import check_run_files
 from fixtures_glue import write_glue_fixture

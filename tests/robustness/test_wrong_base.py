@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from roberta_lora.adapter_io import CONFIG_NAME
-from roberta_lora.cli import main
+from roberta_lora.adapters.bank import AdapterBank
+from roberta_lora.adapters.warm_start import warm_start_from_adapter
+from roberta_lora.cli.main import main
 from roberta_lora.errors import AdapterError, ConfigError
-from roberta_lora.model import LoraWrapperRoberta
-from roberta_lora.toy_model import DEFAULT_CORPUS, make_toy_roberta
-from roberta_lora.warm_start import warm_start_from_adapter
+from roberta_lora.model.config import CONFIG_NAME
+from roberta_lora.model.toy import DEFAULT_CORPUS, make_toy_roberta
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,10 @@ def test_load_adapter_and_named_loading_on_another_base_are_refused(adapter, tin
     with pytest.raises(AdapterError) as refused:
         model.load_adapter(adapter)
     assert_names_both(str(refused.value), adapter, tiny_model_dir, other_base)
+    bank = AdapterBank(model)
     with pytest.raises(AdapterError, match="allow_base_mismatch"):
-        model.load_adapter(adapter, adapter_name="sst2")
-    assert model.adapters == ["default"]
+        bank.load_adapter(adapter, "sst2")
+    assert bank.adapters == ["default"]
     assert all(torch.equal(before[n], t) for n, t in model.adapter_state_dict().items()), "refused, yet changed"
 
 
@@ -102,7 +104,7 @@ def test_init_from_an_adapter_of_another_base(adapter, other_base, caplog) -> No
         warm_start_from_adapter(model, adapter)
     with caplog.at_level(logging.WARNING, logger="roberta_lora"):
         copied = warm_start_from_adapter(model, adapter, allow_base_mismatch=True)
-    assert "classifier.out_proj.bias" in copied and "continuing" in caplog.text
+    assert "classifier.out_proj.bias" in copied and "loading anyway" in caplog.text
 
 
 def test_a_base_that_is_not_a_model_is_a_config_error(adapter, tmp_path) -> None:

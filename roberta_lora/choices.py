@@ -1,0 +1,23 @@
+"""The names the layers share, in one module with no heavy imports.
+
+Task recipes (data), adapter configs (model), training configs and the CLI's `choices=` all
+validate against these tuples, so a name is added in one place, and `roberta-lora --help` can
+list them without importing torch.
+"""
+
+from __future__ import annotations
+
+# What trains: LoRA (+ the flagged extras and the head), only the head, or every parameter.
+METHODS = ("lora", "head", "full")
+# GLUE heads: "light" (LayerNorm -> dropout -> Linear on <s>) or transformers' RobertaClassificationHead.
+HEAD_KINDS = ("light", "roberta")
+# Adapter task types: a GLUE classification / regression head, or the SQuAD span head.
+TASK_TYPES = ("glue", "squad_v1", "squad_v2")
+# GLUE-style metric names a task file may list (evaluation.metrics implements exactly these).
+GLUE_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+# Training settings with a fixed set of values.
+MIXED_PRECISION = ("no", "fp16", "bf16")
+QUANTIZE = ("none", "4bit", "8bit")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")

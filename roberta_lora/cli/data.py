@@ -1,0 +1,40 @@
+"""CLI: `data-info` (check data files before training) and `score` (score a predictions file)."""
+
+from __future__ import annotations
+
+import argparse
+
+from roberta_lora.cli.output import print_json
+from roberta_lora.data.tasks import available_tasks, load_task
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    info = subparsers.add_parser("data-info", help="row counts and label distribution of a task's splits, as JSON")
+    info.add_argument("--task", required=True, help=f"one of {', '.join(available_tasks())}, or a task TOML")
+    info.add_argument("--data-dir", help="local data root (default: the hub)")
+    info.set_defaults(handler=run_data_info)
+
+    score = subparsers.add_parser("score", help="score a predictions file with the official metrics, as JSON")
+    score.add_argument("--task", required=True)
+    score.add_argument("--data", required=True, help="SQuAD: the dataset JSON; GLUE: the gold file or data root")
+    score.add_argument("--predictions", required=True,
+                       help="SQuAD: JSON {id: answer}; GLUE: JSON lines {index, prediction} or TSV index/prediction")
+    score.add_argument("--na-probs", help="SQuAD v2: JSON {id: no-answer probability}")
+    score.add_argument("--na-prob-thresh", type=float, default=1.0, help="SQuAD v2 (official default 1.0)")
+    score.add_argument("--split", help="GLUE: which validation split (default: the first)")
+    score.set_defaults(handler=run_score)
+
+
+def run_data_info(args: argparse.Namespace) -> int:
+    from roberta_lora.data.readers import data_info
+
+    print_json(data_info(load_task(args.task), args.data_dir))
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from roberta_lora.evaluation.scoring import score_predictions
+
+    print_json(score_predictions(load_task(args.task), args.data, args.predictions, args.na_probs, args.split,
+                                 args.na_prob_thresh))
+    return 0

@@ -1,0 +1,62 @@
+"""The `roberta-lora` command line: one subcommand per job, each a thin layer over the Python API.
+
+Subcommands are registered by the modules of this package, each exposing `register(subparsers)`
+that adds its parsers and sets `handler=` to a function taking the parsed arguments and returning
+an exit code. Errors the user can fix (`RobertaLoraError`) are printed as one clear line, without
+a stack trace. Building the parser imports no torch: `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from roberta_lora._version import __version__
+from roberta_lora.cli import adapters, data, model, train
+from roberta_lora.errors import RobertaLoraError
+
+# Modules that add subcommands, in the order `--help` lists them; each has `register(subparsers) -> None`.
+COMMAND_MODULES = (model, data, train, adapters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roberta-lora",
+        description="Train, evaluate and share LoRA adapters for RoBERTa on GLUE and SQuAD.",
+    )
+    parser.add_argument("--version", action="version", version=f"roberta-lora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Hub clients retry for a long time when offline; local paths never need them to.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except RobertaLoraError as error:
+        print(f"roberta-lora {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"roberta-lora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""CLI: `train`, `evaluate`, `predict` and `train-all`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from roberta_lora.choices import COMPILE_BACKENDS, HEAD_KINDS, METHODS, MIXED_PRECISION, OPTIMIZERS, QUANTIZE
+from roberta_lora.cli.output import print_json
+from roberta_lora.data.tasks import load_task
+from roberta_lora.errors import ConfigError
+from roberta_lora.training.config import resolve_train_config
+
+# CLI flag -> TrainConfig field, for flags whose names differ from the field.
+FLAG_FIELDS = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate"}
+
+
+def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
+    """Every setting a user tunes; unset flags fall back to --config, then the task's recipe."""
+    parser.add_argument("--model", help="hub id or local checkpoint dir (default roberta-base; offline: a local dir)")
+    parser.add_argument("--data-dir", help="local data root: GLUE layout (<dir>/SST-2/train.tsv ...) or squad/ JSON")
+    if with_method:
+        parser.add_argument("--method", choices=METHODS, help="what trains (default lora)")
+    parser.add_argument("--rank", type=int, help="LoRA rank r (recipe: 8)")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/r (recipe: 8)")
+    parser.add_argument("--dropout", type=float, help="dropout on the LoRA branch (recipe: 0.1)")
+    parser.add_argument("--targets", help="query,value (default) | all-linear | comma list of "
+                        "query,key,value,attention_output,intermediate,output")
+    parser.add_argument("--head", choices=HEAD_KINDS, help="GLUE head (default light)")
+    parser.add_argument("--head-dropout", type=float)
+    parser.add_argument("--lr", type=float, help="peak learning rate (recipe: 5e-4)")
+    parser.add_argument("--epochs", type=int, help="epochs (recipe: 6)")
+    parser.add_argument("--warmup-ratio", type=float, help="share of steps with linear warm-up (recipe: 1/3)")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--batch-size", type=int, help="examples per step per process (recipe: 16)")
+    parser.add_argument("--eval-batch-size", type=int)
+    parser.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    parser.add_argument("--max-length", type=int, help="tokens per example (task default: 128, SQuAD 384)")
+    parser.add_argument("--doc-stride", type=int, help="SQuAD window overlap (default 128)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION)
+    parser.add_argument("--max-train-samples", type=int, help="use the first N training examples")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples of each split")
+    parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the schedule spans them)")
+    parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_const", const=False,
+                        help="plain shuffled batches instead of length-grouped ones")
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--init-from", help="warm-start from another adapter folder (e.g. the MNLI adapter)")
+    parser.add_argument("--allow-base-mismatch", action="store_const", const=True,
+                        help="accept an --init-from adapter trained on another base (warns)")
+    parser.add_argument("--null-score-diff-threshold", type=float, help="SQuAD v2 no-answer threshold (0.0)")
+    parser.add_argument("--quantize", choices=QUANTIZE, help="load the frozen base in 4/8 bit (CUDA + bitsandbytes)")
+    parser.add_argument("--optim", choices=OPTIMIZERS, help="optimizer (8-bit ones need CUDA + bitsandbytes)")
+    parser.add_argument("--attn-implementation", choices=["sdpa", "eager"])
+    parser.add_argument("--torch-compile", action="store_const", const=True,
+                        help="torch.compile the model (worth it on a GPU; the first steps are slow while it compiles)")
+    parser.add_argument("--torch-compile-backend", choices=COMPILE_BACKENDS, help="compile backend (default inductor)")
+    parser.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
+    parser.add_argument("--config", help="TOML file overriding the task's recipe and any setting above")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train one adapter for one task")
+    train.add_argument("--task", required=True, help="task name (sst2, mnli, squad_v2, ...) or a task TOML file")
+    train.add_argument("--output-dir", help="run folder (default outputs/<task>/<timestamp>-<method>)")
+    train.add_argument("--resume", action="store_const", const=True, help="continue the run in --output-dir")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_flags(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="evaluate a saved adapter on its validation split(s)")
+    evaluate.add_argument("--adapter", required=True, help="adapter folder")
+    evaluate.add_argument("--data-dir", help="local data root (offline: required)")
+    evaluate.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    evaluate.add_argument("--task", help="task name or TOML (default: the adapter's)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--max-eval-samples", type=int)
+    evaluate.add_argument("--output", help="write metrics JSON here (and predictions next to it)")
+    evaluate.add_argument("--allow-base-mismatch", action="store_true")
+    evaluate.add_argument("--null-score-diff-threshold", type=float, default=0.0)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    predict = subparsers.add_parser("predict", help="labels, scores or answers for texts, as JSON lines")
+    predict.add_argument("--adapter", required=True, help="adapter folder")
+    predict.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text (repeatable); the question for SQuAD")
+    source.add_argument("--input", help="file: JSON lines {text, text_pair} / {question, context}, or one text per line")
+    predict.add_argument("--text-pair", action="append", help="second text (repeatable); the context for SQuAD")
+    predict.add_argument("--allow-base-mismatch", action="store_true")
+    predict.set_defaults(handler=run_predict)
+
+    train_all = subparsers.add_parser("train-all", help="one adapter per task in turn, then a results table")
+    train_all.add_argument("--tasks", default=None, help="comma list (default: every GLUE task with data present)")
+    train_all.add_argument("--methods", "--method", dest="methods", default="lora",
+                           help="comma list of lora,head,full: the table puts them side by side")
+    train_all.add_argument("--output-dir", help="where runs and results.md/.csv go (default outputs/train-all-<time>)")
+    train_all.add_argument("--no-progress", action="store_true")
+    add_training_flags(train_all, with_method=False)
+    train_all.set_defaults(handler=run_train_all)
+
+
+def training_overrides(args: argparse.Namespace) -> dict:
+    """The flags the user actually gave, as TrainConfig fields (None = not given)."""
+    skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir"}
+    return {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in skip and v is not None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from roberta_lora.training.loop import train
+
+    spec = load_task(args.task)
+    config = resolve_train_config(spec, {**training_overrides(args), "task": args.task, "output_dir": args.output_dir},
+                                  args.config)
+    result = train(config, progress=not args.no_progress)
+    print_json({"run_dir": str(result.run_dir), "metrics": result.metrics, "best_epoch": result.best_epoch,
+                "best_metrics": result.best_metrics, "trainable_parameters": result.trainable_parameters,
+                "seconds": round(result.seconds, 1)})
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from roberta_lora.evaluation.evaluate import evaluate_adapter
+    from roberta_lora.fileio import atomic_write_text
+
+    output = Path(args.output) if args.output else None
+    metrics = evaluate_adapter(args.adapter, data_dir=args.data_dir, model_id=args.model, task=args.task,
+                               batch_size=args.batch_size, max_eval_samples=args.max_eval_samples,
+                               output_dir=output.parent / "predictions" if output else None,
+                               allow_base_mismatch=args.allow_base_mismatch,
+                               null_score_diff_threshold=args.null_score_diff_threshold)
+    if output:
+        atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
+    print_json(metrics)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from roberta_lora.evaluation.predict import Predictor, read_input_file
+
+    if args.text is not None:
+        texts, pairs = args.text, args.text_pair
+    else:
+        if args.text_pair:
+            raise ConfigError("--text-pair goes with --text; with --input put text_pair in each JSON line")
+        texts, pairs = read_input_file(args.input)
+    predictor = Predictor(args.adapter, model_id=args.model, allow_base_mismatch=args.allow_base_mismatch)
+    for result in predictor.predict(texts, pairs):
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 0
+
+
+def run_train_all(args: argparse.Namespace) -> int:
+    from roberta_lora.training.train_all import train_all
+
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    methods = [m for m in args.methods.split(",") if m]
+    table = train_all(tasks, methods, training_overrides(args), config_file=args.config,
+                      output_dir=args.output_dir, progress=not args.no_progress)
+    print(table.markdown)
+    print(f"\nwritten: {table.markdown_path} and {table.csv_path}")
+    return 0

@@ -1,0 +1,124 @@
+"""Score a predictions file against gold data, as `roberta-lora score` does.
+
+SQuAD takes exactly what the official evaluation scripts take (the dataset JSON, a JSON object
+mapping question id to answer text, and for v2 an optional no-answer probability JSON) and gives
+the same numbers. GLUE takes JSON lines ({"index": i, "prediction": label-or-score}) or a TSV
+with a header `index<TAB>prediction` (the GLUE submission format); `index` is the 0-based row of
+the gold split, labels may be given by id or by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roberta_lora.data.readers import load_split
+from roberta_lora.data.tasks import TaskSpec
+from roberta_lora.errors import ConfigError, DataError
+from roberta_lora.evaluation.metrics import compute_metrics
+from roberta_lora.evaluation.squad_metrics import (
+    load_squad_json_for_scoring,
+    squad_v1_metrics,
+    squad_v2_metrics,
+)
+
+
+def score_predictions(spec: TaskSpec, data: str | Path, predictions: str | Path, na_probs: str | Path | None = None,
+                      split: str | None = None, na_prob_thresh: float = 1.0) -> dict[str, float]:
+    """Metrics of a predictions file for `spec` (see the module docstring for the formats)."""
+    if spec.kind == "squad":
+        dataset = load_squad_json_for_scoring(data)
+        answers = _read_json_object(predictions, "predictions")
+        if spec.squad_version == 2:
+            probabilities = _read_json_object(na_probs, "no-answer probabilities") if na_probs else None
+            return squad_v2_metrics(dataset, answers, na_probs=probabilities, na_prob_thresh=na_prob_thresh)
+        return squad_v1_metrics(dataset, answers)
+    if na_probs:
+        raise ConfigError("--na-probs applies to SQuAD v2 only")
+    gold = load_split(spec, split or spec.validation_splits[0], data)
+    references = np.asarray(gold[spec.label_column])
+    predicted = _read_glue_predictions(Path(predictions), spec, len(references))
+    return compute_metrics(spec.metrics, predicted, references)
+
+
+def _read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} file does not exist", str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} file is not valid UTF-8 JSON ({error})", str(path)) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} file must hold one JSON object mapping question id to value", str(path))
+    return data
+
+
+def _read_glue_predictions(path: Path, spec: TaskSpec, count: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError("predictions file does not exist", str(path))
+    rows: list[tuple[int, Any, int]] = []  # (index, prediction, line)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".tsv", ".txt"):
+        reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["index", "prediction"]:
+            raise DataError(f"expected the header 'index<TAB>prediction', got {header}", str(path), 1)
+        for number, fields in enumerate(reader, start=2):
+            if len(fields) < 2:
+                raise DataError(f"expected 2 tab-separated fields, got {len(fields)}", str(path), number)
+            rows.append((_as_index(fields[0], path, number), fields[1], number))
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"not valid JSON ({error.msg})", str(path), number) from None
+            if not isinstance(record, dict) or "prediction" not in record or "index" not in record:
+                raise DataError('expected {"index": <row>, "prediction": <label or score>}', str(path), number)
+            rows.append((_as_index(record["index"], path, number), record["prediction"], number))
+    values = np.full(count, np.nan)
+    seen: dict[int, int] = {}
+    for index, prediction, number in rows:
+        if not 0 <= index < count:
+            raise DataError(f"index {index} is outside the gold split (0..{count - 1})", str(path), number)
+        if index in seen:
+            raise DataError(f"index {index} is predicted twice (first on line {seen[index]})", str(path), number)
+        seen[index] = number
+        values[index] = _as_label(prediction, spec, path, number)
+    if len(seen) != count:
+        missing = sorted(set(range(count)) - set(seen))
+        raise DataError(f"{count - len(seen)} of {count} rows have no prediction (first missing index "
+                        f"{missing[0]}); predict every row of the split", str(path))
+    return values if spec.kind == "regression" else values.astype(int)
+
+
+def _as_index(value: Any, path: Path, line: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"index {value!r} is not an integer", str(path), line) from None
+
+
+def _as_label(value: Any, spec: TaskSpec, path: Path, line: int) -> float:
+    if spec.kind == "regression":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"prediction {value!r} is not a number (STS-B scores are 0..5)", str(path), line) from None
+    if isinstance(value, str) and value in spec.label_names:
+        return spec.label_names.index(value)
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        label = -1
+    if not 0 <= label < len(spec.label_names):
+        raise DataError(f"prediction {value!r} is not a label of {spec.name}; expected one of "
+                        f"{list(spec.label_names)} or 0..{len(spec.label_names) - 1}", str(path), line)
+    return label

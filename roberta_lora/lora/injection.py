@@ -1,0 +1,103 @@
+"""Putting LoRA into a RoBERTa encoder and taking it out again.
+
+Targets are matched by exact module path inside `encoder.layer.<i>` (see `targets.TARGET_PATHS`),
+so a head's `dense` layer can never be picked up by accident. Self-attention is swapped for
+`LoraRobertaSelfAttention`; the feed-forward and attention-output projections, when targeted, are
+wrapped in place. `strip_lora` undoes all of it, `unwrap_lora` / `rewrap_lora` only for a while.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
+
+from roberta_lora.errors import ConfigError
+from roberta_lora.lora.attention import LoraRobertaSelfAttention, rebuild_self_attention
+from roberta_lora.lora.layer import LoraLinear
+from roberta_lora.lora.targets import DEFAULT_TARGETS, SELF_ATTENTION_TARGETS, TARGET_PATHS
+
+_LAYER_PATH = re.compile(r"^(?:.*\.)?encoder\.layer\.(\d+)\.(.+)$")
+
+
+def inject_lora(
+    encoder: nn.Module,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    rank: int = 8,
+    alpha: float = 8.0,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """Swap every `RobertaSelfAttention` below `encoder` and wrap the other targeted linears.
+
+    Returns the module paths that now carry LoRA (e.g. "encoder.layer.0.attention.self.query").
+    Raises ConfigError when nothing matched, naming the targets and the linear layers present.
+    """
+    attention_targets = [t for t in targets if t in SELF_ATTENTION_TARGETS]
+    other_paths = {TARGET_PATHS[t] for t in targets if t not in SELF_ATTENTION_TARGETS}
+    replaced: list[str] = []
+    # Collect first, then replace: mutating modules while iterating named_modules is unsafe.
+    for path, module in list(encoder.named_modules()):
+        match = _LAYER_PATH.match(path)
+        if match is None:
+            continue
+        inner = match.group(2)
+        if attention_targets and inner == "attention.self" and isinstance(module, RobertaSelfAttention):
+            if isinstance(module, LoraRobertaSelfAttention):
+                raise ConfigError(f"{path} already carries LoRA; build a fresh base model instead of injecting twice")
+            set_submodule(
+                encoder,
+                path,
+                LoraRobertaSelfAttention.from_attention(module, attention_targets, rank, alpha, dropout, generator),
+            )
+            replaced.extend(f"{path}.{t}" for t in attention_targets)
+        elif inner in other_paths:
+            if isinstance(module, LoraLinear):
+                raise ConfigError(f"{path} already carries LoRA; build a fresh base model instead of injecting twice")
+            set_submodule(encoder, path, LoraLinear(module, rank, alpha, dropout, generator))
+            replaced.append(path)
+    if not replaced:
+        linears = sorted(p for p, m in encoder.named_modules() if isinstance(m, nn.Linear))
+        raise ConfigError(
+            f"no module matched the LoRA targets {list(targets)} (paths {[TARGET_PATHS[t] for t in targets]} "
+            f"inside encoder.layer.<i>); linear layers present: {linears[:12]}{' ...' if len(linears) > 12 else ''}"
+        )
+    return replaced
+
+
+def lora_layers(module: nn.Module) -> dict[str, LoraLinear]:
+    """Every `LoraLinear` below `module`, by path."""
+    return {path: m for path, m in module.named_modules() if isinstance(m, LoraLinear)}
+
+
+def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` at `path` ("encoder.layer.0.attention.self") below `root`."""
+    parent_path, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, child, new)
+
+
+def unwrap_lora(encoder: nn.Module) -> dict[str, LoraLinear]:
+    """Put each LoRA layer's base layer back in its place; returns the LoRA layers for `rewrap_lora`."""
+    layers = lora_layers(encoder)
+    for path, layer in layers.items():
+        assert not layer.merged, "unmerge before unwrapping"  # the base weight must be the plain one
+        set_submodule(encoder, path, layer.base_layer)
+    return layers
+
+
+def rewrap_lora(encoder: nn.Module, layers: dict[str, LoraLinear]) -> None:
+    """Undo `unwrap_lora`: the same LoRA layer objects go back where they were."""
+    for path, layer in layers.items():
+        set_submodule(encoder, path, layer)
+
+
+def strip_lora(encoder: nn.Module) -> None:
+    """Make `encoder` a plain RobertaModel again: no LoraLinear, no LoraRobertaSelfAttention."""
+    unwrap_lora(encoder)
+    for path, module in list(encoder.named_modules()):
+        if isinstance(module, LoraRobertaSelfAttention):
+            set_submodule(encoder, path, rebuild_self_attention(module, RobertaSelfAttention))

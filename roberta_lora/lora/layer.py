@@ -1,0 +1,225 @@
+"""The LoRA layer: a frozen linear layer plus a trainable low-rank update.
+
+    y = base(x) + (alpha / r) * B(A(dropout(x)))
+
+`A` (r x in) starts Kaiming-uniform like PEFT's default, `B` (out x r) starts at zero, so
+the layer's output equals the base layer's output until `B` has been trained. The base
+layer is only ever *called*, never re-implemented, so a quantized base (bitsandbytes
+`Linear4bit` / `Linear8bitLt`) works the same as `nn.Linear`.
+
+Dropout is inverted dropout as in `nn.Dropout`, written so that it costs little: the
+keep-mask is applied to `x` and the 1 / (1 - p) rescaling is folded into the LoRA scaling
+of the last matmul, which is the same value (the branch is linear after the mask) without
+a full-size multiply. On CPU the mask comes from 16 random bits per element instead of a
+float draw (`nn.Dropout`'s Bernoulli draw is most of a LoRA step's extra cost there), so p
+is used as the nearest multiple of 1/65536 (0.1 -> 0.100006) and rescaled by exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import nn
+
+from roberta_lora.errors import ConfigError
+
+_MASK_LEVELS = 1 << 16  # resolution of the CPU dropout mask: one 16-bit random draw per element
+
+# Branches computed ahead for LoRA layers that read the same input, by the module that owns them
+# (lora.attention.LoraRobertaSelfAttention), valid for the duration of that module's call only:
+# {layer: (input, hidden = A(dropout(input)), extra scale)}. A context variable, not module state:
+# concurrent calls (threads, asyncio tasks) each see only their own, and nothing outlives the call.
+_SHARED_BRANCHES: ContextVar[Mapping[nn.Module, tuple[torch.Tensor, torch.Tensor, float]] | None] = ContextVar(
+    "roberta_lora_shared_branches", default=None
+)
+
+
+@contextmanager
+def shared_branches(
+    branches: Mapping[nn.Module, tuple[torch.Tensor, torch.Tensor, float]],
+) -> Iterator[None]:
+    """Within the block, each LoraLinear in `branches` uses its precomputed (input, hidden, scale) and
+    refuses any other input (an internal error: the owner computed the branch for that input)."""
+    token = _SHARED_BRANCHES.set(branches)
+    try:
+        yield
+    finally:
+        _SHARED_BRANCHES.reset(token)
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout keep-mask for `x`: (bool tensor shaped like x, probability that an element is kept).
+
+    Each element is kept independently with the returned probability, which is 1 - p exactly on
+    accelerators and 1 - round(p * 65536) / 65536 on CPU (see the module docstring). Callers
+    scale kept values by 1 / that probability. Draws from torch's generator for x's device, so
+    `torch.manual_seed` makes it reproducible and a resumed run's saved RNG state continues it.
+    """
+    if x.device.type != "cpu":
+        # One fused uniform draw per element is cheap on a GPU; keep where u >= p, so P(keep) = 1 - p.
+        return torch.rand(x.shape, device=x.device) >= p, 1.0 - p
+    dropped_levels = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)  # p < 1 always keeps something
+    count = x.numel()
+    # One 64-bit draw gives four independent 16-bit values: a quarter of the generator calls of
+    # a float draw per element. The full int64 range makes every bit of each word uniform.
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((count + 3) // 4,), dtype=torch.int64)
+    draws = words.view(torch.int16)[:count].view(x.shape)  # uniform on [-32768, 32767]
+    keep = draws >= dropped_levels - _MASK_LEVELS // 2
+    return keep, (_MASK_LEVELS - dropped_levels) / _MASK_LEVELS
+
+
+class LoraLinear(nn.Module):
+    """Wraps an existing linear layer with a LoRA update.
+
+    Args:
+        base_layer: the layer to adapt (kept as is and frozen by the model wrapper).
+        rank: r, the inner dimension of the update (> 0).
+        alpha: scaling numerator; the update is multiplied by alpha / rank.
+        dropout: dropout probability applied to the input of the LoRA branch only.
+        generator: optional RNG for the initial draw of A, so building is reproducible.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(rank, int) or rank <= 0:
+            raise ConfigError(f"lora rank must be a positive integer, got {rank!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"lora dropout must be in [0, 1), got {dropout!r}")
+        in_features = getattr(base_layer, "in_features", None)
+        out_features = getattr(base_layer, "out_features", None)
+        if in_features is None or out_features is None:
+            raise ConfigError(
+                f"LoraLinear wraps linear layers with in_features/out_features; got {type(base_layer).__name__}"
+            )
+        self.base_layer = base_layer
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / rank
+        weight = base_layer.weight
+        # Quantized weights are stored as integers; the LoRA factors stay in full precision.
+        factory = {"device": weight.device, "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
+        self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)  # weight: (r, in)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, **factory)  # weight: (out, r)
+        self.dropout = float(dropout)
+        self.merged = False
+        # The base weight as it was before `merge()`, so `unmerge()` restores it bit for bit.
+        self._weight_before_merge: torch.Tensor | None = None
+        self.reset_lora_parameters(generator)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
+        """A ~ Kaiming-uniform(a=sqrt(5)) (PEFT's default), B = 0: the update starts at zero.
+
+        A is drawn on the CPU in float32 and then moved to the factors' device and dtype, so a CPU
+        generator works, and gives the same A, whatever the base's device (CUDA for QLoRA, meta for
+        skeletons): torch generators only draw on their own device.
+        """
+        weight_a = self.lora_A.weight
+        if weight_a.is_meta and generator is None:  # shapes only (adapter skeletons): leave the global RNG alone
+            return
+        draw = torch.empty(weight_a.shape, dtype=torch.float32)  # on the CPU, where `generator` draws
+        nn.init.kaiming_uniform_(draw, a=math.sqrt(5), generator=generator)
+        if weight_a.is_meta:  # the generator advanced as for a real base; nothing to fill
+            return
+        weight_a.copy_(draw.to(device=weight_a.device, dtype=weight_a.dtype))
+        self.lora_B.weight.zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as a dense matrix, (alpha / r) * B @ A, shape (out, in). The only place it is built."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    def lora_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """x in the factors' dtype, with dropout's keep-mask applied when training, and the factor
+        (1 / keep probability, else 1) by which the update must be scaled for it."""
+        x = x.to(self.lora_A.weight.dtype)
+        if not (self.training and self.dropout > 0):
+            return x, 1.0
+        keep, keep_probability = dropout_keep_mask(x, self.dropout)
+        # The same 0/1 bytes read as uint8: on CPU a float * uint8 multiply is about twice as fast
+        # as float * bool, and autograd applies the same mask again in backward.
+        return x * keep.view(torch.uint8), 1.0 / keep_probability
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The base layer sees x as (tokens, in), so an nn.Linear returns a plain (tokens, out)
+        # tensor rather than a view, and the update can be accumulated into it in place (see
+        # add_update). Linear layers act row by row, so flattening the leading dims changes nothing.
+        result = self.base_layer(x.reshape(-1, self.in_features))  # (tokens, out)
+        if not self.merged:
+            hidden, extra_scale = self._branch_hidden(x)  # (..., r)
+            result = self.add_update(result, hidden.reshape(-1, self.rank), extra_scale)
+        return result.view(*x.shape[:-1], self.out_features)
+
+    def _branch_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """A(dropout(x)) and its extra scale: computed here, or by the owner of a shared input."""
+        shared = _SHARED_BRANCHES.get()
+        entry = shared.get(self) if shared is not None else None
+        if entry is None:
+            lora_input, extra_scale = self.lora_input(x)
+            return self.lora_A(lora_input), extra_scale
+        if entry[0] is not x:
+            raise RuntimeError(
+                "internal error: a LoRA layer was called on another input than the one its attention module "
+                "computed the shared branch for"
+            )
+        return entry[1], entry[2]
+
+    def add_update(self, result: torch.Tensor, hidden: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
+        """result + scaling * extra_scale * B(hidden), for the base output `result` (tokens, out) and
+        hidden = A(dropout(x)) (tokens, r). B @ A is never materialised."""
+        scaling = self.scaling * extra_scale
+        weight_b = self.lora_B.weight  # (out, r)
+        if hidden.dtype != result.dtype:  # e.g. a quantized base computing in bf16 under fp32 factors
+            return result + (self.lora_B(hidden) * scaling).to(result.dtype)
+        if type(self.base_layer) is nn.Linear and weight_b.dtype == result.dtype and not result._is_view():
+            # One GEMM accumulating into the base output (beta=1): no new (tokens, out) tensor and
+            # no copy of it. Safe because nn.Linear's backward keeps its input, not its output.
+            return result.addmm_(hidden, weight_b.t(), alpha=scaling)
+        # Other bases (quantized, or under autocast where the factors' dtype differs): out of place.
+        return torch.addmm(result, hidden, weight_b.t(), alpha=scaling)
+
+    def _require_float_base(self, action: str) -> torch.Tensor:
+        weight = self.base_layer.weight
+        if not weight.dtype.is_floating_point or type(weight) is not nn.Parameter:
+            raise ConfigError(
+                f"cannot {action} LoRA into a quantized base layer ({type(self.base_layer).__name__}, "
+                f"weight dtype {weight.dtype}); load the base in full precision to merge"
+            )
+        return weight
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight (idempotent): forward then costs what the base costs."""
+        if self.merged:
+            return
+        weight = self._require_float_base("merge")
+        self._weight_before_merge = weight.detach().clone()
+        weight.add_(self.delta_weight().to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact base weight saved by `merge()` (idempotent)."""
+        if not self.merged:
+            return
+        weight = self._require_float_base("unmerge")
+        assert self._weight_before_merge is not None  # set together with `merged`
+        weight.copy_(self._weight_before_merge)
+        self._weight_before_merge = None
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
+                f"dropout={self.dropout:g}, merged={self.merged}")

@@ -1,0 +1,156 @@
+"""Adapter tensors on disk: written atomically, read safely, checked against the model.
+
+An adapter directory holds `adapter.safetensors` (only the trained tensors) and
+`adapter_config.json` (see `model.config`). Reading never unpickles: safetensors and JSON only.
+Each file is written to a temporary file in the same directory and renamed into place, and the
+config records the sha256 of the tensors file, so an interrupted save is detected, never loaded.
+
+Adapter files come from strangers, so reading treats them as untrusted input: sizes are
+checked before anything is allocated, the safetensors header is checked (length, JSON,
+floating-point dtypes only) before the tensors are built, values must be finite, and every
+problem is an `AdapterError` that names the file. The tensors file's header also records
+`lora_alpha` (the one setting that changes what an adapter computes without changing any
+tensor shape), so a config edited or corrupted there is refused while the tensors are intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from roberta_lora.errors import AdapterError
+from roberta_lora.fileio import atomic_write_bytes, atomic_write_text, safetensors_header
+from roberta_lora.model.config import (
+    ALPHA_KEY,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterConfig,
+    config_json_with_digest,
+)
+
+# What an adapter's tensors may be stored as (safetensors names): floats only, never ints or bools.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+@torch.no_grad()
+def base_fingerprint(encoder: nn.Module) -> str | None:
+    """A short hash identifying the base weights an adapter is trained on.
+
+    Uses the embedding tables and the embedding LayerNorm: they are never quantized (so a QLoRA
+    adapter matches its full-precision base) and differ between any two checkpoints. For each
+    tensor: name, shape, the float64 sum and an evenly strided sample of 4096 values. Cheap
+    (milliseconds for roberta-base), deterministic across machines for the same checkpoint.
+    Returns None for a model on the meta device (no values to hash).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        if not name.startswith("embeddings."):
+            continue
+        if tensor.is_meta:
+            return None
+        flat = tensor.detach().reshape(-1).to("cpu", torch.float64)
+        step = max(1, flat.numel() // 4096)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{flat.sum().item():.6e}".encode())
+        digest.update(flat[::step].to(torch.float32).numpy().round(6).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor], config: AdapterConfig) -> None:
+    """Write the tensors and the config (with the tensors' sha256) atomically into `directory`.
+
+    Raises AdapterError, writing nothing, when a tensor holds NaN or infinite values: loading would
+    refuse the file, and a diverged model must not replace a good adapter or checkpoint.
+    """
+    directory = Path(directory)
+    bad = [name for name, tensor in sorted(tensors.items()) if not bool(torch.isfinite(tensor.detach()).all())]
+    if bad:
+        raise AdapterError(
+            f"not saving {directory}: tensors {_preview(bad)} hold NaN or infinite values (did training diverge? "
+            "lower the learning rate); the files already there are kept"
+        )
+    payload = save_safetensors_bytes(
+        {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
+        metadata={"format": "pt", "producer": "roberta-lora", ALPHA_KEY: repr(float(config.lora_alpha))},
+    )
+    # Tensors first, then the config that vouches for them.
+    atomic_write_bytes(directory / WEIGHTS_NAME, payload)
+    atomic_write_text(directory / CONFIG_NAME, config_json_with_digest(config, hashlib.sha256(payload).hexdigest()))
+
+
+def read_adapter_tensors(directory: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    """Read adapter.safetensors (never pickle), checking it against the recorded sha256.
+
+    Raises AdapterError for a missing, corrupt or mismatching file, a header that declares more
+    than the file holds, a non-float dtype, or values that are NaN or infinite.
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterError(f"{path} is missing; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    payload = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(payload).hexdigest() != expected_sha256:
+        raise AdapterError(
+            f"{path} does not match the sha256 recorded in {CONFIG_NAME}: the file is corrupt or a save was "
+            "interrupted; re-download or re-save the adapter"
+        )
+    _check_header(payload, path)
+    try:
+        tensors = load_safetensors_bytes(payload)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError, TypeError) as error:
+        raise AdapterError(f"{path} is not a valid safetensors file ({error}); re-download or re-save it") from None
+    bad = [name for name, tensor in sorted(tensors.items()) if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise AdapterError(f"{path}: tensors {_preview(bad)} hold NaN or infinite values; re-download or retrain it")
+    return tensors
+
+
+def _check_header(payload: bytes, path: Path) -> None:
+    """The header must parse (`fileio.safetensors_header`) and declare floating-point tensors only."""
+    try:
+        header = safetensors_header(payload)
+    except ValueError as error:
+        raise AdapterError(f"{path} is not a valid safetensors file ({error}); re-download or re-save it") from None
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if dtype not in FLOAT_DTYPES:
+            raise AdapterError(
+                f"{path}: tensor {name!r:.100} is stored as {dtype!r:.40}; adapter tensors are floating point "
+                f"({', '.join(FLOAT_DTYPES)}). Re-save the adapter"
+            )
+
+
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise AdapterError unless `tensors` has exactly the expected names, shapes and float dtypes."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_preview(unexpected)}")
+    for name in sorted(set(tensors) & set(expected)):
+        got, want = tensors[name], expected[name]
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{name} has shape {tuple(got.shape)}, the model expects {tuple(want.shape)}")
+        elif not got.dtype.is_floating_point:
+            problems.append(f"{name} has dtype {got.dtype}, expected a floating-point tensor")
+    if problems:
+        raise AdapterError(
+            f"{source} does not fit this model: " + "; ".join(problems[:8])
+            + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            + " (was it saved for another task, rank, head, targets or model size?)"
+        )
+
+
+def _preview(names: list[str]) -> str:
+    return str(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")

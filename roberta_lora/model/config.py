@@ -1,0 +1,238 @@
+"""`AdapterConfig`: everything needed to rebuild a LoRA-adapted RoBERTa, stored as adapter_config.json.
+
+Also reads that file (`read_adapter_config`), without torch: `roberta-lora inspect` and argument
+checks stay fast. The tensors file is written and read by `model.adapter_files`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES
+from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.fileio import read_safetensors_header, strict_json
+from roberta_lora.lora.targets import resolve_targets
+
+WEIGHTS_NAME = "adapter.safetensors"
+CONFIG_NAME = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20  # a real config is ~1 kB; refuse to parse anything absurd
+ALPHA_KEY = "lora_alpha"  # recorded in the tensors file's safetensors metadata too
+FORMAT_VERSION = 1
+# Upper bounds, so that a stranger's config cannot make `from_adapter` allocate without limit
+# before the tensors are checked: a rank above the hidden size (768 / 1024) adds nothing, and a
+# GLUE-style head with more classes than this is not what the toolkit is for.
+MAX_LORA_RANK = 1024
+MAX_NUM_CLASSES = 10_000
+
+
+@dataclass
+class AdapterConfig:
+    """How an adapter was built. Field by field:
+
+    task_type: "glue" (classification / regression head) or "squad_v1" / "squad_v2" (span head).
+    num_classes: GLUE classes; 1 means regression (STS-B). Always 2 (start, end) for SQuAD.
+    label_names: names of the classes in index order (empty for regression and SQuAD).
+    lora_rank: r of every LoRA layer. lora_alpha: the update is scaled by lora_alpha / lora_rank.
+    lora_dropout: dropout on the LoRA branch input during training.
+    targets: adapted projections (see lora.targets.TARGET_PATHS); default query and value.
+    train_biases / train_layer_norms / train_embeddings: base tensors also trained and saved.
+    head: "light" or "roberta" (GLUE only). head_dropout: dropout inside the head.
+    base_model: the hub id or path the base was loaded from (informational; may be overridden).
+    base_fingerprint: hash of base weights the adapter was trained on; loading checks it.
+    task: the task name (e.g. "sst2") when trained by the toolkit. metrics: validation results.
+    method: "lora" (default); "head" (only the head trains, no LoRA); "full" (every parameter trains,
+        so the "adapter" holds the whole model): the baselines the tutorials compare LoRA with.
+    max_length / doc_stride: tokenization used in training (None: the task's default), reused by
+        `evaluate` and `predict` so they see inputs exactly as training did.
+    """
+
+    task_type: str = "glue"
+    num_classes: int = 2
+    label_names: list[str] = field(default_factory=list)
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.1
+    targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    train_biases: bool = True
+    train_layer_norms: bool = True
+    train_embeddings: bool = False
+    head: str = "light"
+    head_dropout: float = 0.1
+    base_model: str | None = None
+    base_fingerprint: str | None = None
+    task: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    method: str = "lora"
+    max_length: int | None = None
+    doc_stride: int | None = None
+    package_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every invalid field at once."""
+        problems = []
+        if self.task_type not in TASK_TYPES:
+            problems.append(f"task_type={self.task_type!r} (expected one of {list(TASK_TYPES)})")
+        if not _int_in(self.num_classes, 1, MAX_NUM_CLASSES):
+            problems.append(f"num_classes={self.num_classes!r} (expected an integer in 1..{MAX_NUM_CLASSES}; "
+                            "1 means regression)")
+        if self.task_type.startswith("squad") and self.num_classes != 2:
+            problems.append(f"num_classes={self.num_classes!r} for {self.task_type} (the span head always has 2)")
+        if self.label_names and len(self.label_names) != self.num_classes:
+            problems.append(f"label_names has {len(self.label_names)} names but num_classes={self.num_classes}")
+        if not _int_in(self.lora_rank, 1, MAX_LORA_RANK):
+            problems.append(f"lora_rank={self.lora_rank!r} (expected an integer in 1..{MAX_LORA_RANK}, e.g. 8)")
+        if not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+            problems.append(f"lora_alpha={self.lora_alpha!r} (expected a positive finite number)")
+        for name in ("lora_dropout", "head_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                problems.append(f"{name}={value!r} (expected a number in [0, 1))")
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} (expected one of {list(METHODS)})")
+        if self.head not in HEAD_KINDS:
+            problems.append(f"head={self.head!r} (expected one of {list(HEAD_KINDS)})")
+        try:
+            resolve_targets(self.targets)
+        except ConfigError as error:
+            problems.append(f"targets={self.targets!r:.200} ({error})")
+        if problems:
+            raise ConfigError("invalid adapter configuration: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "adapter_config.json") -> AdapterConfig:
+        """Parse a decoded JSON object, rejecting unknown keys and wrong types with AdapterError."""
+        if not isinstance(data, dict):
+            raise AdapterError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise AdapterError(f"{source}: unknown keys {unknown}; expected only {sorted(known)}")
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise AdapterError(
+                f"{source}: format_version {data.get('format_version')!r} is not supported by this version "
+                f"(expects {FORMAT_VERSION}); upgrade roberta-lora"
+            )
+        problems = [
+            f"{name}={data[name]!r}" for name in data if not _type_ok(data[name], known[name].default, known[name])
+        ]
+        if problems:
+            raise AdapterError(f"{source}: wrong value types: {', '.join(problems)}")
+        config = cls(**data)
+        try:
+            config.validate()
+        except ConfigError as error:
+            raise AdapterError(f"{source}: {error}") from None
+        return config
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _could_be_a_path(value: str) -> bool:
+    """A hub id or a local path: no NUL byte, at most 4096 characters, each part at most 255."""
+    return "\0" not in value and 0 < len(value) <= 4096 and all(len(part) <= 255 for part in re.split(r"[/\\]", value))
+
+
+def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
+    """A small structural type check for JSON-decoded values (no pickle, no eval)."""
+    if spec.name == "base_model":  # `from_adapter` opens it: it must be something a path or a hub id can be
+        return value is None or (isinstance(value, str) and _could_be_a_path(value))
+    if spec.name == "base_fingerprint":  # as adapter_files.base_fingerprint writes it; "" would skip the check
+        return value is None or (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None)
+    if spec.name == "task":
+        return value is None or isinstance(value, str)
+    if spec.name in ("max_length", "doc_stride"):
+        return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    if spec.name in ("label_names", "targets"):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if spec.name == "metrics":
+        return isinstance(value, dict)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def head_attribute(task_type: str) -> str:
+    """The model attribute (and tensor-name prefix) of a task type's head: "classifier" for GLUE,
+    "qa_outputs" for SQuAD, as in transformers' RobertaFor* classes. The one place this is decided."""
+    return "classifier" if task_type == "glue" else "qa_outputs"
+
+
+def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, str | None]:
+    """Parse adapter_config.json; returns the config and the recorded sha256 of the tensors file.
+
+    Raises AdapterError (naming the file) for a missing folder or file, invalid JSON, unknown keys,
+    wrong types, or a lora_alpha that differs from the one recorded in the tensors file.
+    """
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise AdapterError(f"adapter directory {directory} does not exist; pass the folder that holds {CONFIG_NAME}")
+    if not path.is_file():
+        present = sorted(p.name for p in directory.iterdir())[:10]
+        raise AdapterError(f"{path} is missing (found {present}); an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{path} is {path.stat().st_size} bytes; a valid adapter config is a few kB")
+    try:
+        data = strict_json(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise AdapterError(f"{path} is not valid UTF-8 JSON ({error}); re-download or re-save the adapter") from None
+    digest = data.pop("weights_sha256", None) if isinstance(data, dict) else None
+    if digest is not None and not isinstance(digest, str):
+        raise AdapterError(f"{path}: weights_sha256 must be a string, got {type(digest).__name__}")
+    config = AdapterConfig.from_dict(data, source=str(path))
+    _check_recorded_alpha(config, directory / WEIGHTS_NAME, path)
+    return config, digest
+
+
+def config_json_with_digest(config: AdapterConfig, digest: str) -> str:
+    """adapter_config.json's text: the config plus the sha256 of the tensors file it vouches for."""
+    data = json.loads(config.to_json())
+    return json.dumps({**data, "weights_sha256": digest}, indent=2, sort_keys=True) + "\n"
+
+
+def _check_recorded_alpha(config: AdapterConfig, weights: Path, config_path: Path) -> None:
+    """Refuse a config whose lora_alpha differs from the one recorded in the tensors file's header.
+
+    Files without the record (older saves, other tools) are not checked; a broken tensors file
+    is left for `adapter_files.read_adapter_tensors` to report.
+    """
+    if not weights.is_file():  # absent, or a FIFO / device that open() would block on or read forever
+        return
+    try:
+        recorded = float(read_safetensors_header(weights)["__metadata__"][ALPHA_KEY])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if math.isfinite(recorded) and recorded != float(config.lora_alpha):
+        raise AdapterError(
+            f"{config_path} says lora_alpha={config.lora_alpha!r} but {weights.name} was saved with "
+            f"lora_alpha={recorded!r}: the config was edited or corrupted (lora_alpha scales every LoRA update). "
+            f"Restore lora_alpha={recorded!r} or re-download the adapter"
+        )
+
+
+def adapter_size_bytes(directory: str | Path) -> int:
+    """Size on disk of an adapter folder's tensor and config files."""
+    directory = Path(directory)
+    sizes = [directory / name for name in (WEIGHTS_NAME, CONFIG_NAME)]
+    missing = [str(p) for p in sizes if not p.is_file()]
+    if missing:
+        raise AdapterError(f"not an adapter folder, missing {missing}")
+    return sum(p.stat().st_size for p in sizes)

@@ -1,0 +1,66 @@
+"""What a process computes on: the accelerate `Accelerator` and the torch.compile check.
+
+Training and evaluation both get their accelerator here. accelerate keeps one state per
+process (device, process group, mixed precision); a second training in the same process (a
+notebook, `train-all`) reuses it when the precision is the same, and is refused with a clear
+message when it is not, because accelerate cannot change the precision of a running process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, is_initialized
+
+from roberta_lora.errors import ConfigError
+
+
+def make_accelerator(mixed_precision: str | None = "no", grad_accum: int = 1) -> Accelerator:
+    """The one place an Accelerator is made (training, `evaluate_adapter`).
+
+    Args:
+        mixed_precision: "no", "fp16" or "bf16"; None takes the process's current setting ("no" in a
+            new process) for callers that never let accelerate autocast (evaluation does not `prepare`
+            its model, so it always computes in the model's own precision).
+        grad_accum: gradient accumulation steps (accelerate updates these for a running process).
+
+    Raises:
+        ConfigError: fp16 without CUDA, or a precision other than the one this process already uses.
+    """
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; on CPU use --mixed-precision bf16 or no")
+    if mixed_precision is None:
+        mixed_precision = AcceleratorState().mixed_precision if is_initialized() else "no"
+    elif is_initialized():
+        current = AcceleratorState().mixed_precision
+        if current != mixed_precision:
+            raise ConfigError(
+                f"this Python process already ran accelerate with mixed_precision={current!r}, and accelerate "
+                f"cannot switch a running process to {mixed_precision!r}; run this training or evaluation in a "
+                f"new process (a separate `roberta-lora` command or a fresh notebook kernel), or keep "
+                f"--mixed-precision {current}"
+            )
+    # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
+    # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def check_compile_backend(backend: str) -> None:
+    """Fail before any work when torch.compile cannot run here (inductor on CPU builds C++ code)."""
+    if backend == "inductor" and not torch.cuda.is_available():
+        compilers = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+        if not any(name and shutil.which(name) for name in compilers):
+            raise ConfigError(
+                "--torch-compile with the inductor backend needs a C++ compiler on CPU (none of g++, c++, "
+                "clang++ or $CXX was found); install one, or train without --torch-compile"
+            )
+
+
+def compile_model(model: torch.nn.Module, backend: str) -> Any:
+    """torch.compile(model) with `backend`; the returned module shares `model`'s parameters."""
+    return torch.compile(model, backend=backend)

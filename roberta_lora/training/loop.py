@@ -1,0 +1,267 @@
+"""The training loop: one adapter for one task, on accelerate.
+
+`train(config)` reads top to bottom: run folder, accelerator and seed, tokenizer and data,
+model, optimizer and schedule, (resume), then per epoch: train, evaluate, write metrics,
+keep the best adapter, checkpoint. The same code runs on a CPU, one GPU, or several
+processes under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from roberta_lora.adapters.warm_start import warm_start_from_adapter
+from roberta_lora.data.task_data import load_task_data, train_loader
+from roberta_lora.data.tasks import TaskSpec, load_task
+from roberta_lora.data.tokenizer import load_tokenizer
+from roberta_lora.errors import ConfigError, RobertaLoraError
+from roberta_lora.evaluation.evaluate import evaluate_task
+from roberta_lora.fileio import atomic_write_text
+from roberta_lora.model.quantization import check_qlora_options
+from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.runtime import check_compile_backend, compile_model, make_accelerator
+from roberta_lora.training.checkpoints import STATE_NAME, resume_from_checkpoint, save_checkpoint
+from roberta_lora.training.config import TrainConfig
+from roberta_lora.training.optim import build_optimizer
+from roberta_lora.training.run_files import RunHistory, plot_curves, write_metrics_jsonl, write_model_card
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RobertaLoraError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, float]  # the last epoch's validation metrics
+    best_metrics: dict[str, float]
+    best_epoch: int
+    trainable_parameters: int
+    total_parameters: int
+    seconds: float
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train one adapter as `config` says and write everything under its run folder."""
+    config.validate()
+    check_qlora_options(config.quantize, config.optim)  # CUDA / bitsandbytes missing: fail before any work
+    if config.torch_compile:
+        check_compile_backend(config.torch_compile_backend)
+    spec = load_task(config.task)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)  # refuses before any file is written
+    run_dir = prepare_run_dir(config, spec)
+    # Seed before anything draws random numbers (data order, LoRA A, head, dropout).
+    set_seed(config.seed)
+    log_handler = attach_log_file(run_dir, accelerator)
+    try:
+        return _train(config, spec, run_dir, accelerator, progress)
+    finally:
+        logging.getLogger("roberta_lora").removeHandler(log_handler)
+        log_handler.close()
+
+
+def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Accelerator, progress: bool) -> TrainResult:
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(config.model)
+    data = load_task_data(
+        spec, tokenizer, config.data_dir, max_length=config.max_length, doc_stride=config.doc_stride,
+        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+        cache_dir=config.cache_dir,
+    )
+    model = build_model(config, spec)
+    # Recorded in the adapter so `evaluate` and `predict` tokenize exactly as training did.
+    model.adapter_config.max_length = config.max_length
+    model.adapter_config.doc_stride = config.doc_stride
+    if config.init_from:
+        warm_start_from_adapter(model, Path(config.init_from), allow_base_mismatch=config.allow_base_mismatch)
+    trainable, total = model.parameter_counts()
+    logger.info("%s", model.trainable_parameters_summary())
+
+    loader, sampler = train_loader(data.train, tokenizer, config.batch_size, config.seed, config.group_by_length,
+                                   config.num_workers)
+    optimizer = build_optimizer(model, config.optim, config.learning_rate, config.weight_decay)
+    unwrapped = model  # what is saved: never the compiled or distributed wrapper
+    if config.torch_compile:
+        model = compile_model(model, config.torch_compile_backend)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    epochs = min(config.epochs, math.ceil(total_steps / steps_per_epoch))
+    # Not prepared by accelerate: we step it once per optimizer step ourselves, on every process.
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
+
+    history, start_epoch, global_step, best = RunHistory(), 0, 0, {"epoch": -1, "value": None, "metrics": {}}
+    if config.resume and not (run_dir / "checkpoint" / STATE_NAME).exists():
+        logger.warning("%s has no finished epoch to resume from; starting from the beginning", run_dir)
+    elif config.resume:
+        start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, accelerator, model, optimizer,
+                                                                         scheduler)
+    metrics = epoch_metrics(history.epochs[-1]) if history.epochs else {}
+    for epoch in range(start_epoch, epochs):
+        # Through the prepared loader: accelerate re-sets the sampler's epoch from its own
+        # iteration counter at every pass, and that counter restarts at 0 in a resumed process.
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        model.train()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not (progress and accelerator.is_local_main_process))
+        # This optimizer step's micro-batch losses, summed on the device: no GPU-to-CPU sync per micro-batch.
+        step_loss, micro_batches = torch.zeros((), device=accelerator.device), 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                step_loss += loss.detach().float()
+                micro_batches += 1
+                if accelerator.sync_gradients:
+                    # One gather per optimizer step, on every process alike: all of them see the same mean
+                    # loss, so a non-finite loss on any one stops them all here (none waits in a collective).
+                    mean_loss = accelerator.gather(step_loss / micro_batches).float().mean().item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDivergedError(diverged_message(mean_loss, global_step + 1, epoch + 1, run_dir,
+                                                                     len(history.epochs)))
+                    if config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                history.steps.append(global_step)
+                history.learning_rates.append(scheduler.get_last_lr()[0])
+                history.losses.append(mean_loss)  # the mean over the step's micro-batches (and processes)
+                step_loss.zero_()
+                micro_batches = 0
+                scheduler.step()
+                global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{history.losses[-1]:.4f}", lr=f"{history.learning_rates[-1]:.2e}")
+                if global_step >= total_steps:
+                    break
+        bar.close()
+
+        last_epoch = epoch + 1 == epochs or global_step >= total_steps
+        # The last epoch's evaluation also writes the prediction files (eval/<split>/).
+        metrics = evaluate_task(model, data, tokenizer, accelerator, config.eval_batch_size,
+                                output_dir=run_dir / "eval" if last_epoch else None,
+                                null_score_diff_threshold=config.null_score_diff_threshold,
+                                task_type=unwrapped.task_type, progress=progress)
+        epoch_losses = history.losses[-steps_per_epoch:]
+        record = {"epoch": epoch + 1, "step": global_step, "train_loss": sum(epoch_losses) / max(len(epoch_losses), 1),
+                  "learning_rate": scheduler.get_last_lr()[0], "elapsed_seconds": round(time.perf_counter() - started, 2),
+                  **{f"eval_{k}": v for k, v in metrics.items()}}
+        history.epochs.append(record)
+        logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        value = metrics[spec.main_metric]
+        improved = best["value"] is None or value > best["value"]
+        if improved:
+            best = {"epoch": epoch + 1, "value": value, "metrics": metrics}
+        if accelerator.is_main_process:
+            write_metrics_jsonl(run_dir, history)
+            if improved:
+                save_adapter_with_card(unwrapped, run_dir / "best", spec, config, metrics, epoch + 1)
+            plot_curves(run_dir / "curves.png", history, spec.main_metric)
+            save_checkpoint(run_dir, unwrapped, optimizer, scheduler, epoch + 1, global_step, best, history)
+        accelerator.wait_for_everyone()
+        if global_step >= total_steps:
+            break
+
+    if accelerator.is_main_process:
+        save_adapter_with_card(unwrapped, run_dir / "adapter", spec, config, metrics, len(history.epochs))
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, metrics, best["metrics"], best["epoch"], trainable, total,
+                       time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------- helpers
+def diverged_message(loss: float, step: int, epoch: int, run_dir: Path, finished_epochs: int) -> str:
+    kept = (f"the last good checkpoint (epoch {finished_epochs}) is kept in {run_dir / 'checkpoint'}"
+            if finished_epochs else "no epoch had finished, nothing was saved")
+    return (f"loss became {loss} at step {step} (epoch {epoch}) (the mean over the step's micro-batches and "
+            f"processes; every process stops here); {kept}. Lower --lr, use --mixed-precision no, or check the data")
+
+
+def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The validation metrics of one metrics.jsonl record (its eval_* fields, prefix removed)."""
+    return {key.removeprefix("eval_"): value for key, value in record.items() if key.startswith("eval_")}
+
+
+def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
+    """The run folder, created and checked writable before any work (a read-only disk fails here)."""
+    if config.output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config.output_dir = str(Path("outputs") / spec.name / f"{stamp}-{config.method}")
+    run_dir = Path(config.output_dir)
+    # The state file is the checkpoint's commit point: a folder without it is an unfinished first epoch.
+    if not config.resume and (run_dir / "checkpoint" / STATE_NAME).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose another --output-dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to the output folder {run_dir} ({error}); choose a writable --output-dir") from None
+    return run_dir
+
+
+def attach_log_file(run_dir: Path, accelerator: Accelerator) -> logging.Handler:
+    handler: logging.Handler = logging.NullHandler()
+    if accelerator.is_main_process:
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("roberta_lora")
+    package_logger.addHandler(handler)
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    return handler
+
+
+def build_model(config: TrainConfig, spec: TaskSpec) -> LoraWrapperRoberta:
+    task_type = "glue" if spec.kind != "squad" else f"squad_v{spec.squad_version}"
+    extra: dict[str, Any] = {}
+    if config.quantize != "none":
+        extra["quantize"] = config.quantize  # handled (and checked for CUDA) by the model loader
+    return LoraWrapperRoberta(
+        task_type=task_type, num_classes=spec.num_labels if spec.kind != "squad" else None, model_id=config.model,
+        lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        targets=config.targets, train_biases=config.train_biases, train_embeddings=config.train_embeddings,
+        train_layer_norms=config.train_layer_norms, head=config.head, head_dropout=config.head_dropout,
+        label_names=list(spec.label_names), seed=config.seed, attn_implementation=config.attn_implementation,
+        task=spec.name, method=config.method, **extra,
+    )
+
+
+def write_run_config(run_dir: Path, config: TrainConfig, spec: TaskSpec, total_steps: int, steps_per_epoch: int,
+                     accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        resolved = {**asdict(config), "resolved": {
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+            "warmup_steps": round(config.warmup_ratio * total_steps), "num_processes": accelerator.num_processes,
+            "task_file": str(spec.source_path) if spec.source_path else None,
+        }}
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+
+
+def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: TaskSpec, config: TrainConfig,
+                           metrics: dict[str, float], epoch: int) -> None:
+    model.save_adapter(directory, metrics=metrics)
+    trainable, total = model.parameter_counts()
+    write_model_card(directory, task=spec.name, description=spec.description, base_model=config.model,
+                     metrics=metrics, config=asdict(config), trainable=trainable, total=total, epoch=epoch)

@@ -1,0 +1,54 @@
+"""The optimizer of a run: AdamW over what trains, weight decay on matrices only.
+
+As in nanoGPT and the transformers Trainer, decoupled weight decay applies to weight matrices
+(LoRA factors, head and, for method "full", encoder weights) and never to biases, LayerNorm
+parameters or embeddings-like vectors: decaying those pulls them towards zero, which for a
+LayerNorm gain means towards switching the layer off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from roberta_lora.model.quantization import check_qlora_options
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups over the trainable parameters: matrices (>= 2 dims) decay, the rest does not.
+
+    Empty groups are left out.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    decay = [p for name, p in named if p.ndim >= 2 and not _is_norm_or_embedding(model, name)]
+    ids = {id(p) for p in decay}
+    no_decay = [p for _, p in named if id(p) not in ids]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _is_norm_or_embedding(model: nn.Module, name: str) -> bool:
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return isinstance(owner, (nn.LayerNorm, nn.Embedding))
+
+
+def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 5e-4,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW ("adamw", torch's), or bitsandbytes' "adamw_8bit" / "paged_adamw_8bit" (QLoRA's paged
+    optimizer; CUDA only, checked first), over `parameter_groups(model, weight_decay)`."""
+    check_qlora_options(None, name)
+    groups = parameter_groups(model, weight_decay)
+    if name == "adamw":
+        # The fused kernel is a single launch per step on CUDA; on CPU the default is as fast.
+        return torch.optim.AdamW(groups, lr=lr, fused=torch.cuda.is_available() or None)
+    return _bitsandbytes_adamw(groups, name, lr)
+
+
+def _bitsandbytes_adamw(groups: Iterable[dict[str, Any]], name: str, lr: float) -> torch.optim.Optimizer:
+    import bitsandbytes as bnb  # only on CUDA machines, after check_qlora_options
+
+    cls = bnb.optim.AdamW8bit if name == "adamw_8bit" else bnb.optim.PagedAdamW8bit
+    return cls(groups, lr=lr)

@@ -1,0 +1,117 @@
+"""`train-all`: one adapter per task (and per method), then one results table.
+
+Each task's score is the mean of the metrics it reports (MRPC/QQP: accuracy and F1, STS-B:
+Pearson and Spearman, MNLI: matched and mismatched accuracy), as on the GLUE leaderboard; the
+GLUE average is the mean of the task scores. Metrics are those of the final adapter (the last
+epoch, as in the tutorial: no early stopping).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roberta_lora.data.readers import resolve_local_file
+from roberta_lora.data.tasks import load_task
+from roberta_lora.errors import ConfigError, DataError
+from roberta_lora.fileio import atomic_write_text
+from roberta_lora.model.config import adapter_size_bytes
+from roberta_lora.training.config import resolve_train_config
+from roberta_lora.training.loop import train
+
+logger = logging.getLogger(__name__)
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
+@dataclass
+class ResultsTable:
+    rows: list[dict[str, Any]]
+    markdown: str
+    markdown_path: Path
+    csv_path: Path
+
+
+def tasks_with_data(data_dir: str | None) -> list[str]:
+    """The GLUE tasks whose train and validation files are present (all nine when using the hub)."""
+    if data_dir is None:
+        return list(GLUE_TASKS)
+    present = []
+    for name in GLUE_TASKS:
+        spec = load_task(name)
+        try:
+            for split in spec.splits:
+                resolve_local_file(spec, split, data_dir)
+        except (ConfigError, DataError):
+            logger.info("train-all: skipping %s (files missing under %s)", name, data_dir)
+            continue
+        present.append(name)
+    return present
+
+
+def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, Any], config_file: str | None = None,
+              output_dir: str | None = None, progress: bool = True) -> ResultsTable:
+    """Train every (task, method) pair in turn and write results.md and results.csv under output_dir."""
+    tasks = tasks or tasks_with_data(overrides.get("data_dir"))
+    if not tasks:
+        raise ConfigError(f"no task has its files under {overrides.get('data_dir')}; pass --tasks or fix --data-dir")
+    root = Path(output_dir or Path("outputs") / f"train-all-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows = []
+    for task in tasks:
+        spec = load_task(task)
+        for method in methods:
+            config = resolve_train_config(
+                spec, {**overrides, "task": task, "method": method, "output_dir": str(root / f"{spec.name}-{method}")},
+                config_file,
+            )
+            logger.info("train-all: %s with %s", spec.name, method)
+            result = train(config, progress=progress)
+            rows.append({
+                "task": spec.name, "method": method, "main_metric": spec.main_metric,
+                "task_score": sum(result.metrics.values()) / len(result.metrics), **result.metrics,
+                "trainable_parameters": result.trainable_parameters,
+                "adapter_bytes": adapter_size_bytes(result.run_dir / "adapter"),
+                "wall_seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
+            })
+    markdown = render_markdown(rows, methods)
+    atomic_write_text(root / "results.md", markdown)
+    atomic_write_text(root / "results.csv", render_csv(rows))
+    return ResultsTable(rows, markdown, root / "results.md", root / "results.csv")
+
+
+def render_markdown(rows: list[dict[str, Any]], methods: list[str]) -> str:
+    """A side-by-side table of task scores per method (with the GLUE average), then the details."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    by_key = {(r["task"], r["method"]): r for r in rows}
+    lines = ["| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for task in tasks:
+        cells = [f"{100 * by_key[(task, m)]['task_score']:.2f}" if (task, m) in by_key else "" for m in methods]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    averages = []
+    for method in methods:
+        scores = [r["task_score"] for r in rows if r["method"] == method and r["task"] in GLUE_TASKS]
+        averages.append(f"{100 * sum(scores) / len(scores):.2f}" if scores else "")
+    lines.append("| **GLUE average** | " + " | ".join(averages) + " |")
+    lines += ["", "| task | method | metrics | trainable params | adapter size | wall time |",
+              "|---|---|---|---|---|---|"]
+    metric_keys = ("task", "method", "main_metric", "task_score", "trainable_parameters", "adapter_bytes",
+                   "wall_seconds", "run_dir")
+    for r in rows:
+        metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in r.items() if k not in metric_keys)
+        lines.append(f"| {r['task']} | {r['method']} | {metrics} | {r['trainable_parameters']:,} | "
+                     f"{r['adapter_bytes'] / 1e6:.2f} MB | {r['wall_seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
