@@ -1,6 +1,8 @@
-"""The benchmark scripts run end to end on tiny configs and write their markdown tables.
+"""The benchmark scripts run end to end on tiny configs and write tables whose numbers are right.
 
-Only the plumbing is checked (arguments, variants, table columns); nothing here is timed.
+Nothing here is timed: the checks are the figures a reader compares (ratios computed from the same
+run's medians, parameter counts and file sizes that match an independent count, every variant and
+every timing hook present), so a benchmark that reports the wrong thing fails here.
 """
 
 from __future__ import annotations
@@ -57,9 +59,27 @@ def test_step_time_writes_a_table_for_every_variant(tmp_path: Path) -> None:
     assert header[5].startswith("vs limit (") and header[6].startswith("vs PEFT (")
     assert header[7:] == ["state MB", "activations MB"]
     assert [(r[0], r[1]) for r in rows] == [(s, v) for s in ("8", "16") for v in ("full", "limit", "peft", "roberta-lora")]
-    trainable = {r[1]: int(r[2].replace(",", "")) for r in rows}
-    assert trainable["peft"] == trainable["roberta-lora"] > trainable["limit"]
+    trainable = {r[1]: int(r[2].replace(",", "")) for r in rows if r[0] == "8"}
+    # The tiny model (hidden 32, FFN 64, 2 layers, r=8 on q,v) counted by hand, as in test_model.py.
+    extras = 2 * ((4 * 32 + 64 + 32) + 2 * (32 + 32)) + (32 + 32) + (32 + 32) + (32 * 2 + 2)
+    assert trainable == {**trainable, "limit": extras, "peft": extras + 2 * 2 * (8 * 32 + 32 * 8),
+                         "roberta-lora": extras + 2 * 2 * (8 * 32 + 32 * 8)}
     assert "roberta-lora / PEFT" in text and "roberta-lora / limit" in text
+
+
+def test_step_time_ratios_and_verdicts_come_from_the_measured_medians() -> None:
+    script = load_script("step_time")
+    args = script.parse_args(["--size", "tiny", "--seq-lens", "64", "--threads", "1", "--device", "cpu"])
+    times = {"full": 3.0, "limit": 2.0, "peft": 2.2, "roberta-lora": 2.09}
+    records = [{"seq_len": 64, "variant": v, "trainable": 10, "wall": 9.0, "cpu": t, "state": 1.0, "activations": 2.0}
+               for v, t in times.items()]
+    header, rows = table_rows(script.report(records, args), "seq")
+    assert header[5:7] == ["vs limit (cpu)", "vs PEFT (cpu)"]  # one torch thread on a CPU: the CPU clock
+    assert {r[1]: (r[5], r[6]) for r in rows} == {
+        "full": ("1.500", "1.364"), "limit": ("1.000", "0.909"), "peft": ("1.100", "1.000"),
+        "roberta-lora": ("1.045", "0.950")}
+    text = script.report(records, args)
+    assert "roberta-lora / PEFT = **0.950**, met" in text and "roberta-lora / limit = **1.045**, NOT met" in text
 
 
 def test_adapter_ops_writes_its_three_tables(tmp_path: Path) -> None:
@@ -72,11 +92,27 @@ def test_adapter_ops_writes_its_three_tables(tmp_path: Path) -> None:
     text = output.read_text()
     header, rows = table_rows(text, "operation")
     assert header == ["operation", "median ms", "max ms", "samples", "what it does"]
-    assert {r[0] for r in rows} >= {"load_adapter(dir, name)", "set_adapter, same head shape", "merge_adapter()"}
+    samples = {r[0]: int(r[3]) for r in rows}
+    assert samples["load_adapter(dir, name)"] == 9  # nine adapters, one timed cycle
+    assert samples["set_adapter, same head shape"] + samples["set_adapter, other number of classes"] == 9
+    assert all(0 < float(r[1]) <= float(r[2]) for r in rows)  # median <= max, both measured
     header, rows = table_rows(text, "model")
     assert header[0] == "model" and [r[0] for r in rows] == ["plain base", "merged", "unmerged"]
     header, rows = table_rows(text, "what")
     assert header == ["what", "bytes", "files"] and len(rows) == 3
+    ours = rows[0]
+    parts = [int(n.replace(",", "")) for n in ours[2].replace("adapter.safetensors", "").replace(
+        "adapter_config.json", "").split("+")]
+    assert int(ours[1].replace(",", "")) == sum(parts)  # the total is the sum of the two files
+    # The safetensors file holds exactly the tiny sst2 adapter's tensors (LoRA, biases, LayerNorms, light
+    # head: 2,946 floats, counted by hand in test_model.py) plus its header.
+    assert 2946 * 4 < parts[0] < 2946 * 4 + 8000
+    from transformers import RobertaModel
+
+    from roberta_lora.model.toy import toy_config
+
+    encoder_floats = sum(p.numel() for p in RobertaModel(toy_config(400), add_pooling_layer=False).parameters())
+    assert int(rows[2][1].replace(",", "")) == 4 * encoder_floats
 
 
 def test_epoch_throughput_runs_all_three_pipelines(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -93,6 +129,12 @@ def test_epoch_throughput_runs_all_three_pipelines(tmp_path: Path, tiny_model_di
     assert header[:3] == ["task", "pipeline", "train + eval examples"] and "vs trainer-dynamic" in header
     assert [r[1] for r in rows] == ["roberta-lora", "trainer-padded", "trainer-dynamic"]
     assert all(r[2] == "16 + 8" for r in rows)
+    for r in rows:  # examples/s is the examples over the median time the row reports
+        assert float(r[5]) == pytest.approx(24 / float(r[3]), rel=0.2, abs=0.5)
+        assert 0.0 <= float(r[-1]) <= 1.0  # a real accuracy on the 8 validation rows
+    clock = 6 if "CPU" in text.split("vs trainer-dynamic")[0][-200:] else 5
+    speeds = {r[1]: float(r[clock]) for r in rows}
+    assert float(rows[0][8]) == pytest.approx(speeds["roberta-lora"] / speeds["trainer-dynamic"], rel=0.2, abs=0.02)
 
 
 def test_layer_breakdown_times_every_part_forward_and_backward(tmp_path: Path) -> None:

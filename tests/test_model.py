@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import RobertaModel
 
+from roberta_lora.adapters.bank import AdapterBank
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora.injection import LoraRobertaSelfAttention, lora_layers
+from roberta_lora.lora.attention import LoraRobertaSelfAttention
+from roberta_lora.lora.injection import lora_layers
 from roberta_lora.lora.layer import LoraLinear
 from roberta_lora.model.toy import roberta_base_config, toy_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
@@ -153,10 +155,60 @@ def test_roberta_base_counts_and_adapter_size(tmp_path) -> None:
     assert 1_650_000 < size < 1_750_000, size
 
 
-def test_summary_mentions_counts() -> None:
-    model = LoraWrapperRoberta(model_id=toy_config(400), seed=0)
-    trainable, total = model.parameter_counts()
-    assert f"trainable params: {trainable:,} || all params: {total:,}" in model.trainable_parameters_summary()
+def test_counts_and_summary_match_a_count_by_hand() -> None:
+    model = LoraWrapperRoberta(model_id=toy_config(400), seed=0)  # hidden 32, FFN 64, 2 layers, r=8 on q,v
+    lora = 2 * 2 * (8 * 32 + 32 * 8)
+    biases_and_norms = 2 * ((4 * 32 + 64 + 32) + 2 * (32 + 32)) + (32 + 32)  # per layer, then embedding LN
+    head = (32 + 32) + (32 * 2 + 2)  # light head: LayerNorm, Linear(32, 2)
+    base = sum(p.numel() for p in RobertaModel(toy_config(400), add_pooling_layer=False).parameters())
+    trainable, total = lora + biases_and_norms + head, base + lora + head
+    assert model.parameter_counts() == (trainable, total) == (2946, total)
+    assert model.trainable_parameters_summary() == (
+        f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+
+def modes(model: torch.nn.Module) -> set[bool]:
+    return {module.training for module in model.modules()}
+
+
+def test_every_submodule_follows_the_wrappers_mode(tiny_model_dir, tmp_path) -> None:
+    # from_pretrained returns its encoder in eval mode; the wrapper must not keep that mix.
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=0)
+    assert model.training and modes(model) == {True}
+    model.save_adapter(tmp_path / "a")
+    loaded = LoraWrapperRoberta.from_adapter(tmp_path / "a")
+    assert not loaded.training and modes(loaded) == {False}
+    loaded.train()
+    loaded.load_adapter(tmp_path / "a")
+    assert modes(loaded) == {True}
+    bank = AdapterBank(LoraWrapperRoberta.from_adapter(tmp_path / "a"))
+    LoraWrapperRoberta(model_id=str(tiny_model_dir), task_type="squad_v2", lora_rank=2, seed=1).save_adapter(tmp_path / "b")
+    bank.load_adapter(tmp_path / "b", "squad")
+    bank.set_adapter("squad")  # new LoRA layers and a new head, built in train mode by torch
+    assert modes(bank) == {False}
+
+
+def test_load_adapter_takes_the_dropout_of_the_loaded_config(tiny_model_dir, tmp_path) -> None:
+    LoraWrapperRoberta(model_id=str(tiny_model_dir), lora_dropout=0.3, head_dropout=0.2, seed=0).save_adapter(tmp_path)
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), lora_dropout=0.05, head_dropout=0.0, seed=1)
+    model.load_adapter(tmp_path)
+    assert (model.adapter_config.lora_dropout, model.adapter_config.head_dropout) == (0.3, 0.2)
+    assert {layer.dropout for layer in lora_layers(model).values()} == {0.3}
+    assert {m.p for m in model.classifier.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+
+
+def test_training_a_merged_model_is_refused(tiny_model_dir) -> None:
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=0)
+    ids, mask = inputs()
+    model.merge_adapter()
+    with pytest.raises(ConfigError, match="merged.*no gradient.*unmerge_adapter"):
+        model(ids, mask, labels=torch.tensor([0, 1, 0]))
+    with torch.no_grad():
+        model(ids, mask)  # inference in train mode is fine
+    model.eval()(ids, mask)  # and so is eval mode with autograd on
+    model.train().unmerge_adapter()
+    model(ids, mask, labels=torch.tensor([0, 1, 0])).loss.backward()
+    assert all(layer.lora_B.weight.grad is not None for layer in lora_layers(model).values())
 
 
 def test_missing_base_model_offline_is_a_clear_error(tmp_path) -> None:

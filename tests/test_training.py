@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from roberta_lora.cli.main import main
+from roberta_lora.errors import ConfigError
 from roberta_lora.evaluation.evaluate import evaluate_adapter
 from roberta_lora.training.config import TrainConfig
 from roberta_lora.training.loop import train
@@ -107,7 +108,7 @@ def test_resume_after_interruption_gives_the_same_adapter(tiny_model_dir, glue_d
     assert len((resumed.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_squad_v2_run_and_reevaluation(tiny_model_dir, tmp_path) -> None:
+def test_squad_v2_run_and_reevaluation(tiny_model_dir, tmp_path, capsys) -> None:
     data = write_squad_fixture(tmp_path / "data" / "squad" / "dev-v2.0.json", version=2)
     write_squad_fixture(tmp_path / "data" / "squad" / "train-v2.0.json", version=2)
     result = train(TrainConfig(task="squad_v2", model=str(tiny_model_dir), data_dir=str(tmp_path / "data"),
@@ -117,8 +118,13 @@ def test_squad_v2_run_and_reevaluation(tiny_model_dir, tmp_path) -> None:
         assert (result.run_dir / "eval" / "validation" / name).is_file(), name
     assert {"exact", "f1", "HasAns_exact", "NoAns_exact", "best_f1"} <= set(result.metrics)
     assert evaluate_adapter(result.run_dir / "adapter", data_dir=tmp_path / "data", batch_size=4) == result.metrics
-    # The official-format predictions file scores to the same numbers through `score`.
-    assert data.is_file()
+    # The official-format predictions file scores to the same numbers through `score` (training already
+    # applied the no-answer threshold, so the null odds only feed best_exact / best_f1: threshold inf).
+    predictions = result.run_dir / "eval" / "validation"
+    capsys.readouterr()
+    assert main(["score", "--task", "squad_v2", "--data", str(data), "--predictions", str(predictions / "predictions.json"),
+                 "--na-probs", str(predictions / "null_odds.json"), "--na-prob-thresh", "inf"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(result.metrics, abs=1e-9)
 
 
 def test_init_from_copies_lora_and_reinitialises_a_different_head(mrpc_run, tiny_model_dir, glue_dir,
@@ -255,3 +261,60 @@ def test_evaluate_after_a_bf16_run_in_the_same_process(mrpc_run, tiny_model_dir,
     monkeypatch.setattr(evaluation, "evaluate_task", spy)
     assert evaluate_adapter(mrpc_run.run_dir / "adapter", data_dir=glue_dir, batch_size=8) == mrpc_run.metrics
     assert seen and set(seen) == {(False, torch.float32)}  # no bf16 autocast left over from the training
+
+
+def test_init_from_refuses_another_lora_alpha(mrpc_run, tiny_model_dir) -> None:
+    from roberta_lora.adapters.warm_start import warm_start_from_adapter
+    from roberta_lora.errors import AdapterError
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+    # Same rank and targets, alpha 16 instead of 8: the copied factors would be scaled twice as much.
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=1, lora_alpha=16)
+    before = {n: t.clone() for n, t in model.adapter_state_dict().items()}
+    with pytest.raises(AdapterError, match="alpha 8 on .*alpha 16 on .*--alpha 8"):
+        warm_start_from_adapter(model, mrpc_run.run_dir / "adapter")
+    assert all(torch.equal(before[n], t) for n, t in model.adapter_state_dict().items())
+
+
+def test_logged_loss_is_the_mean_over_the_steps_micro_batches(tiny_model_dir, glue_dir, tmp_path, monkeypatch) -> None:
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+    seen: list[float] = []
+    real = LoraWrapperRoberta.forward
+
+    def recording(self, *args, **kwargs):
+        output = real(self, *args, **kwargs)
+        if self.training and output.loss is not None:
+            seen.append(output.loss.item())
+        return output
+
+    monkeypatch.setattr(LoraWrapperRoberta, "forward", recording)
+    result = train(config(tiny_model_dir, glue_dir, tmp_path / "run", grad_accum=2, batch_size=4, max_steps=3,
+                          lora_dropout=0.0), progress=False)
+    losses = torch.load(result.run_dir / "checkpoint/training_state.pt", weights_only=True)["history"]["losses"]
+    assert len(seen) == 6 and len(losses) == 3
+    assert losses == pytest.approx([(seen[i] + seen[i + 1]) / 2 for i in (0, 2, 4)], rel=1e-6)
+
+
+def test_several_trainings_in_one_process_and_a_second_precision_refused(tiny_model_dir, glue_dir, tmp_path) -> None:
+    first = train(config(tiny_model_dir, glue_dir, tmp_path / "a", max_steps=2), progress=False)
+    second = train(config(tiny_model_dir, glue_dir, tmp_path / "b", max_steps=2), progress=False)
+    assert first.metrics == second.metrics  # same settings and seed, same process: the same run again
+    with pytest.raises(ConfigError, match="already ran accelerate with mixed_precision='no'.*new process"):
+        train(config(tiny_model_dir, glue_dir, tmp_path / "c", max_steps=2, mixed_precision="bf16"), progress=False)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_process_stops_every_process(tiny_model_dir, glue_dir, tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).parent / "scripts" / "nan_on_one_rank.py"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+               "train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(glue_dir),
+               "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--no-progress",
+               "--cache-dir", str(tmp_path / "cache")]
+    # Before the fix, process 0 waited forever in backward's all-reduce for process 1, which had stopped.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    assert done.stderr.count("roberta-lora train: error: loss became nan at step 2 (epoch 1)") == 2, done.stderr[-3000:]

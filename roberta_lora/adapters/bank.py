@@ -46,6 +46,7 @@ class AdapterBank(nn.Module):
         self._active = name
         self._configs: dict[str, AdapterConfig] = {name: model.adapter_config}  # load order, active included
         self._stored: dict[str, dict[str, torch.Tensor]] = {}  # the inactive adapters' tensors
+        self.train(model.training)  # the bank takes the model's mode (a new nn.Module starts in train mode)
 
     @classmethod
     def from_adapter(cls, directory: str | Path, name: str = DEFAULT_ADAPTER, model_id: BaseSpec | None = None,
