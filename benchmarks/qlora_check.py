@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from roberta_lora.model.quantization import build_optimizer, check_qlora_options
+from roberta_lora.model.quantization import check_qlora_options
 from roberta_lora.model.toy import roberta_base_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.training.optim import build_optimizer
 
 
 def make_base(directory: Path) -> Path:
@@ -46,7 +47,7 @@ def train_run(base: str, mode: str, optim: str, steps: int, batch: tuple[torch.T
     else:
         model = LoraWrapperRoberta(model_id=base, num_classes=2, seed=0, lora_dropout=0.0, quantize=mode)
     weights_memory = torch.cuda.memory_allocated() - start_memory
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], optim, lr=lr)
+    optimizer = build_optimizer(model, optim, lr=lr)
     ids, mask, labels = batch
     model.train()
     losses = []

@@ -181,12 +181,12 @@ def test_interrupted_save_keeps_the_previous_adapter(tiny_model_dir, tmp_path, m
     model.save_adapter(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    import roberta_lora.fileio as adapter_io
+    import roberta_lora.fileio as fileio
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter_io.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     with torch.no_grad():
         model.classifier.out_proj.bias.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

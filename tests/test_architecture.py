@@ -58,3 +58,24 @@ def test_the_lazy_face_gives_the_documented_names() -> None:
     assert set(roberta_lora.__all__) <= set(dir(roberta_lora))
     for name in roberta_lora.__all__:
         assert getattr(roberta_lora, name) is not None
+
+
+def test_import_paths_that_readme_documented_before_the_layout_still_work(tiny_model_dir) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from roberta_lora.merge_export import load_merged
+        from roberta_lora.multi_adapter import MultiAdapterPredictor
+    from roberta_lora.adapters.merge import load_merged as current_load_merged
+    from roberta_lora.adapters.mixed import MultiAdapterPredictor as current_predictor
+
+    assert load_merged is current_load_merged and MultiAdapterPredictor is current_predictor
+    assert sum(issubclass(w.category, DeprecationWarning) for w in caught) >= 1
+    import torch
+
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=0)  # a single model is accepted too
+    result = MultiAdapterPredictor(model).predict(torch.tensor([[0, 5, 6, 2]]), None, ["default"])
+    assert result[0]["adapter"] == "default" and result[0]["logits"].shape == (2,)

@@ -10,6 +10,7 @@ import torch
 from roberta_lora.adapters.bank import AdapterBank
 from roberta_lora.errors import ConfigError
 from roberta_lora.model.config import AdapterConfig
+from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 
 class MultiAdapterPredictor:
@@ -23,11 +24,12 @@ class MultiAdapterPredictor:
     e.g. a one-row matrix-vector product in the head. The active adapter is restored afterwards.
 
     Args:
-        bank: the adapters (`bank.load_adapter(dir, name)`); put in eval mode.
+        bank: the adapters (`bank.load_adapter(dir, name)`), or a single model (its adapter is then
+            named "default"); put in eval mode.
     """
 
-    def __init__(self, bank: AdapterBank) -> None:
-        self.bank = bank.eval()
+    def __init__(self, bank: AdapterBank | LoraWrapperRoberta) -> None:
+        self.bank = (bank if isinstance(bank, AdapterBank) else AdapterBank(bank)).eval()
 
     @torch.no_grad()
     def predict(

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import roberta_lora.fileio as adapter_io
+import roberta_lora.fileio as fileio
 import roberta_lora.training.loop as train_module
 from roberta_lora.cli.main import main
 from roberta_lora.errors import AdapterError, ConfigError
@@ -238,14 +238,14 @@ def inject(monkeypatch, failure: str, folder: Path) -> None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             return real_chmod(path, mode, *args, **kwargs)
 
-        monkeypatch.setattr(adapter_io.os, "chmod", chmod)
+        monkeypatch.setattr(fileio.os, "chmod", chmod)
     elif failure == "fsync fails":
         real_fsync = os.fsync
-        monkeypatch.setattr(adapter_io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
+        monkeypatch.setattr(fileio.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
                             if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) else real_fsync(fd))
     else:  # the rename
         real_replace = os.replace
-        monkeypatch.setattr(adapter_io.os, "replace", lambda src, dst, *a, **k: (_ for _ in ()).throw(
+        monkeypatch.setattr(fileio.os, "replace", lambda src, dst, *a, **k: (_ for _ in ()).throw(
             OSError(errno.ENOSPC, "No space left on device")) if ours(dst) else real_replace(src, dst, *a, **k))
 
 
@@ -284,7 +284,7 @@ def test_disk_full_during_training_keeps_the_previous_epoch_and_resumes(config, 
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(adapter_io.os, "replace", replace_or_fail)
+    monkeypatch.setattr(fileio.os, "replace", replace_or_fail)
     with pytest.raises(OSError, match="No space left"):
         train(config, progress=False)
     assert check_run_files(run) == [], "the failed write's temporary file is removed"
