@@ -23,6 +23,15 @@ from roberta_lora.model.toy import DEFAULT_CORPUS, make_toy_roberta, toy_config 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tokenization cache of every test (and of the subprocesses they start) lives in pytest's temporary
+    folders, never in the user's ~/.cache/roberta_lora."""
+    cache = tmp_path_factory.mktemp("roberta-lora-cache")
+    os.environ["ROBERTA_LORA_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local checkpoint dir: hidden 32, 2 layers, 4 heads, byte-level BPE tokenizer."""

@@ -152,7 +152,7 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         model_id: the base (default: the adapter's base_model_name_or_path).
         task: the task name to record (e.g. "mnli").
         task_type: "glue", "squad_v1" or "squad_v2" (default: from the PEFT task type and `squad_version`).
-        label_names: class names in index order (used when their number matches the head's classes).
+        label_names: class names in index order (their number must match the head's classes).
         squad_version: 1 or 2 for a QUESTION_ANS adapter when `task_type` is not given (default 1).
     """
     peft_config, raw = read_peft_adapter(peft_dir)
@@ -176,7 +176,9 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
     if task_type != "glue" and "qa_outputs.weight" not in tensors:
         raise AdapterError(f"{peft_dir} holds no qa_outputs weights; train it with task_type QUESTION_ANS")
     num_classes = tensors["classifier.out_proj.weight"].size(0) if task_type == "glue" else 2
-    label_names = list(label_names) if len(label_names) == num_classes else []
+    if task_type == "glue" and label_names and len(label_names) != num_classes:
+        raise ConfigError(f"{peft_dir} has a {num_classes}-class head but the task {task or ''} has "
+                          f"{len(label_names)} labels {list(label_names)}; pass the task it was trained on")
     rest = [n for n in tensors if not _LORA_KEY.match(n) and not n.startswith(f"{head}.")]
     base = model_id or peft_config.get("base_model_name_or_path")
     if base is None:
@@ -187,7 +189,7 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         train_biases=any(n.endswith(".bias") and "LayerNorm" not in n for n in rest),
         train_layer_norms=any(".LayerNorm." in n for n in rest),
         train_embeddings=any(n.split(".")[-2] in EMBEDDING_TABLES for n in rest if n.count(".") >= 2),
-        head="roberta", head_dropout=0.1, label_names=label_names, task=task,
+        head="roberta", head_dropout=0.1, label_names=list(label_names) if task_type == "glue" else [], task=task,
     )
     _copy_into(model, tensors, peft_dir)
     return model.eval()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from roberta_lora.choices import TASK_TYPES
 from roberta_lora.cli.output import print_json
 from roberta_lora.data.tasks import load_task
+from roberta_lora.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--model", help="base checkpoint (default: the PEFT adapter's base_model_name_or_path)")
     imp.add_argument("--task", help="task name or TOML path (e.g. mnli, squad_v2): label names, SQuAD version")
     imp.add_argument("--task-type", choices=TASK_TYPES, help="override the task type")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --output")
     imp.set_defaults(handler=run_import_peft)
+
+
+def check_output(output: str, source: str, overwrite: bool, what: str) -> None:
+    """Refuse to write `what` into its own source folder, or over existing files without --overwrite."""
+    out, src = Path(output), Path(source)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise ConfigError(f"--output {output} is the source folder itself; the {what} would replace the files it is "
+                          "made from: choose another --output")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"--output {output} exists and is not empty; choose a new --output or pass --overwrite")
 
 
 def run_merge(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.merge import export_merged
     from roberta_lora.model.wrapper import LoraWrapperRoberta
 
+    check_output(args.output, args.adapter, args.overwrite, "merged checkpoint")
     model = LoraWrapperRoberta.from_adapter(args.adapter, model_id=args.model,
                                             allow_base_mismatch=args.allow_base_mismatch)
     summary = export_merged(model, args.output, tokenizer_source=args.model or model.adapter_config.base_model,
@@ -81,6 +95,7 @@ def merge_difference(model: Any, directory: str) -> float:
 def run_export_peft(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.peft import export_peft
 
+    check_output(args.output, args.adapter, args.overwrite, "PEFT adapter")
     print_json(export_peft(args.adapter, args.output, base_model=args.model, overwrite=args.overwrite))
     return 0
 
@@ -88,6 +103,7 @@ def run_export_peft(args: argparse.Namespace) -> int:
 def run_import_peft(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.peft import import_peft
 
+    check_output(args.output, args.peft, args.overwrite, "converted adapter")
     spec = load_task(args.task) if args.task else None
     model = import_peft(args.peft, model_id=args.model, task=spec.name if spec else None, task_type=args.task_type,
                         label_names=spec.label_names if spec else (),

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=run_data_info)
 
     score = subparsers.add_parser("score", help="score a predictions file with the official metrics, as JSON")
-    score.add_argument("--task", required=True)
+    score.add_argument("--task", required=True, help="task name or TOML whose gold data and metrics to use")
     score.add_argument("--data", required=True, help="SQuAD: the dataset JSON; GLUE: the gold file or data root")
     score.add_argument("--predictions", required=True,
                        help="SQuAD: JSON {id: answer}; GLUE: JSON lines {index, prediction} or TSV index/prediction")

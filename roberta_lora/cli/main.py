@@ -44,18 +44,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    if not args.verbose:  # library load reports ("Loading weights") and retry warnings only with -v
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
         return int(args.handler(args) or 0)
     except RobertaLoraError as error:
-        print(f"roberta-lora {args.command}: error: {error}", file=sys.stderr)
+        print(f"roberta-lora {args.command}: error: {shorten(str(error))}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, permission denied, a folder vanished: one line naming the path
+        where = f" {error.filename}" if error.filename else ""
+        print(f"roberta-lora {args.command}: error: cannot use{where}: {error.strerror or error}. Free some space, "
+              "fix the permissions or choose another path; files written before are kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"roberta-lora {args.command}: interrupted", file=sys.stderr)
+        print(f"roberta-lora {args.command}: interrupted; files written before are kept "
+              "(a training run continues with --resume)", file=sys.stderr)
         return 130
+
+
+MAX_MESSAGE = 1500  # characters: an error quoting a 50 MB line of a broken file must stay readable
+
+
+def shorten(message: str) -> str:
+    """The message, cut in the middle when it is too long to read (what and how-to-fix stay visible)."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    half = MAX_MESSAGE // 2
+    return f"{message[:half]} [... {len(message) - MAX_MESSAGE} characters left out ...] {message[-half:]}"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from roberta_lora.choices import HEAD_KINDS, TASK_TYPES
 from roberta_lora.cli.output import print_json
 from roberta_lora.model.config import adapter_size_bytes, read_adapter_config
 
@@ -12,11 +13,11 @@ from roberta_lora.model.config import adapter_size_bytes, read_adapter_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     params = subparsers.add_parser("params", help="count trainable vs total parameters for a configuration")
     params.add_argument("--model", default="roberta-base", help="hub id or local checkpoint dir")
-    params.add_argument("--task-type", default="glue", choices=["glue", "squad_v1", "squad_v2"])
-    params.add_argument("--num-classes", type=int, default=2)
-    params.add_argument("--rank", type=int, default=8)
+    params.add_argument("--task-type", default="glue", choices=TASK_TYPES, help="head: GLUE classification or SQuAD span")
+    params.add_argument("--num-classes", type=int, default=2, help="GLUE classes (1 = regression); default 2")
+    params.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
     params.add_argument("--targets", default="query,value", help="query,value | all-linear | a comma list")
-    params.add_argument("--head", default="light", choices=["light", "roberta"])
+    params.add_argument("--head", default="light", choices=HEAD_KINDS, help="GLUE head (default light)")
     params.set_defaults(handler=run_params)
 
     inspect = subparsers.add_parser("inspect", help="show an adapter's configuration, metrics and size")

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from roberta_lora.choices import COMPILE_BACKENDS, HEAD_KINDS, METHODS, MIXED_PRECISION, OPTIMIZERS, QUANTIZE
-from roberta_lora.cli.output import print_json
+from roberta_lora.cli.output import print_json, silence_progress_bars
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
-from roberta_lora.training.config import resolve_train_config
+from roberta_lora.training.config import resolve_train_config, resume_train_config
 
 # CLI flag -> TrainConfig field, for flags whose names differ from the field.
 FLAG_FIELDS = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate"}
@@ -29,18 +29,18 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--targets", help="query,value (default) | all-linear | comma list of "
                         "query,key,value,attention_output,intermediate,output")
     parser.add_argument("--head", choices=HEAD_KINDS, help="GLUE head (default light)")
-    parser.add_argument("--head-dropout", type=float)
+    parser.add_argument("--head-dropout", type=float, help="dropout inside the head (default 0.1)")
     parser.add_argument("--lr", type=float, help="peak learning rate (recipe: 5e-4)")
     parser.add_argument("--epochs", type=int, help="epochs (recipe: 6)")
     parser.add_argument("--warmup-ratio", type=float, help="share of steps with linear warm-up (recipe: 1/3)")
-    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay on weight matrices (recipe: 0)")
     parser.add_argument("--batch-size", type=int, help="examples per step per process (recipe: 16)")
-    parser.add_argument("--eval-batch-size", type=int)
+    parser.add_argument("--eval-batch-size", type=int, help="examples per evaluation batch (default 64)")
     parser.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     parser.add_argument("--max-length", type=int, help="tokens per example (task default: 128, SQuAD 384)")
     parser.add_argument("--doc-stride", type=int, help="SQuAD window overlap (default 128)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION)
+    parser.add_argument("--seed", type=int, help="seed for LoRA init, head, dropout and data order (recipe: 42)")
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="bf16 (CPU or GPU) or fp16 (CUDA); default no")
     parser.add_argument("--max-train-samples", type=int, help="use the first N training examples")
     parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples of each split")
     parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the schedule spans them)")
@@ -53,7 +53,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--null-score-diff-threshold", type=float, help="SQuAD v2 no-answer threshold (0.0)")
     parser.add_argument("--quantize", choices=QUANTIZE, help="load the frozen base in 4/8 bit (CUDA + bitsandbytes)")
     parser.add_argument("--optim", choices=OPTIMIZERS, help="optimizer (8-bit ones need CUDA + bitsandbytes)")
-    parser.add_argument("--attn-implementation", choices=["sdpa", "eager"])
+    parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], help="attention kernel (default: the checkpoint's)")
     parser.add_argument("--torch-compile", action="store_const", const=True,
                         help="torch.compile the model (worth it on a GPU; the first steps are slow while it compiles)")
     parser.add_argument("--torch-compile-backend", choices=COMPILE_BACKENDS, help="compile backend (default inductor)")
@@ -63,10 +63,15 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train one adapter for one task")
-    train.add_argument("--task", required=True, help="task name (sst2, mnli, squad_v2, ...) or a task TOML file")
-    train.add_argument("--output-dir", help="run folder (default outputs/<task>/<timestamp>-<method>)")
-    train.add_argument("--resume", action="store_const", const=True, help="continue the run in --output-dir")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--task", help="task name (sst2, mnli, squad_v2, ...) or a task TOML file "
+                       "(not needed with --resume)")
+    train.add_argument("--output-dir", help="run folder: a new folder or one of roberta-lora's runs "
+                       "(default outputs/<task>/<timestamp>-<method>)")
+    train.add_argument("--resume", action="store_const", const=True,
+                       help="continue the run in --output-dir with the settings it was started with")
+    train.add_argument("--overwrite", action="store_const", const=True,
+                       help="start the run in --output-dir again (its files are deleted)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (transformers' and datasets' too)")
     add_training_flags(train)
     train.set_defaults(handler=run_train)
 
@@ -75,11 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data-dir", help="local data root (offline: required)")
     evaluate.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     evaluate.add_argument("--task", help="task name or TOML (default: the adapter's)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--max-eval-samples", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    evaluate.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples of each split")
     evaluate.add_argument("--output", help="write metrics JSON here (and predictions next to it)")
-    evaluate.add_argument("--allow-base-mismatch", action="store_true")
-    evaluate.add_argument("--null-score-diff-threshold", type=float, default=0.0)
+    evaluate.add_argument("--allow-base-mismatch", action="store_true",
+                          help="evaluate even if the adapter was trained on another base (warns)")
+    evaluate.add_argument("--null-score-diff-threshold", type=float, default=0.0,
+                          help="SQuAD v2: predict no answer when null score - best span > this (default 0.0)")
+    evaluate.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = subparsers.add_parser("predict", help="labels, scores or answers for texts, as JSON lines")
@@ -89,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--text", action="append", help="a text (repeatable); the question for SQuAD")
     source.add_argument("--input", help="file: JSON lines {text, text_pair} / {question, context}, or one text per line")
     predict.add_argument("--text-pair", action="append", help="second text (repeatable); the context for SQuAD")
-    predict.add_argument("--allow-base-mismatch", action="store_true")
+    predict.add_argument("--allow-base-mismatch", action="store_true",
+                         help="predict even if the adapter was trained on another base (warns)")
     predict.set_defaults(handler=run_predict)
 
     train_all = subparsers.add_parser("train-all", help="one adapter per task in turn, then a results table")
@@ -97,23 +107,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_all.add_argument("--methods", "--method", dest="methods", default="lora",
                            help="comma list of lora,head,full: the table puts them side by side")
     train_all.add_argument("--output-dir", help="where runs and results.md/.csv go (default outputs/train-all-<time>)")
-    train_all.add_argument("--no-progress", action="store_true")
+    train_all.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_training_flags(train_all, with_method=False)
     train_all.set_defaults(handler=run_train_all)
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
     """The flags the user actually gave, as TrainConfig fields (None = not given)."""
-    skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir"}
+    skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir",
+            "overwrite"}
     return {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in skip and v is not None}
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from roberta_lora.training.loop import train
+    if args.no_progress:
+        silence_progress_bars()
+    overrides = {**training_overrides(args), "overwrite": args.overwrite}
+    if args.resume:
+        if not args.output_dir:
+            raise ConfigError("--resume needs the run folder: --resume --output-dir outputs/<task>/<run>")
+        config = resume_train_config(args.output_dir, {**overrides, "task": args.task}, args.config)
+    elif not args.task:
+        raise ConfigError("train needs --task (e.g. --task sst2), or --resume --output-dir RUN to continue a run")
+    else:
+        config = resolve_train_config(load_task(args.task), {**overrides, "task": args.task,
+                                                             "output_dir": args.output_dir}, args.config)
+    from roberta_lora.training.loop import train  # torch: only once the arguments are known to be sound
 
-    spec = load_task(args.task)
-    config = resolve_train_config(spec, {**training_overrides(args), "task": args.task, "output_dir": args.output_dir},
-                                  args.config)
     result = train(config, progress=not args.no_progress)
     print_json({"run_dir": str(result.run_dir), "metrics": result.metrics, "best_epoch": result.best_epoch,
                 "best_metrics": result.best_metrics, "trainable_parameters": result.trainable_parameters,
@@ -130,7 +150,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, max_eval_samples=args.max_eval_samples,
                                output_dir=output.parent / "predictions" if output else None,
                                allow_base_mismatch=args.allow_base_mismatch,
-                               null_score_diff_threshold=args.null_score_diff_threshold)
+                               null_score_diff_threshold=args.null_score_diff_threshold, cache_dir=args.cache_dir,
+                               progress=not args.no_progress)
     if output:
         atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     print_json(metrics)

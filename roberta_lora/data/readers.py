@@ -96,6 +96,23 @@ def resolve_local_file(spec: TaskSpec, split: str, data_dir: str | Path) -> Path
     )
 
 
+def check_local_files(spec: TaskSpec, data_dir: str | Path, splits: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Every split's local file, found before any work starts; two splits may not share one file
+    (metrics measured on the training data would look like validation results).
+
+    Raises:
+        DataError / ConfigError: as `resolve_local_file`, or naming the file two splits would share.
+    """
+    files = {split: resolve_local_file(spec, split, data_dir) for split in splits or spec.splits}
+    seen: dict[Path, str] = {}
+    for split, path in files.items():
+        first = seen.setdefault(path.resolve(), split)
+        if first != split:
+            raise DataError(f"the same file would serve as the {first!r} and the {split!r} split of {spec.name}; "
+                            f"pass a folder holding {_expected_files(spec)} so each split has its own file", str(path))
+    return files
+
+
 def read_local_file(spec: TaskSpec, path: str | Path) -> datasets.Dataset:
     """Read one local data file in the task's format ("glue_tsv", "squad" or "table")."""
     if spec.local_format == "glue_tsv":
@@ -268,7 +285,12 @@ def cached_dataset(root: Path, key: dict[str, Any], build: Callable[[], datasets
         json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True, default=str).encode()).hexdigest()[:24]
     if target.is_dir():
         logger.info("loading %s from cache %s", what, target)
-        return datasets.load_from_disk(str(target))
+        try:
+            return datasets.load_from_disk(str(target))
+        except Exception as error:  # noqa: BLE001 - arrow, JSON and OS errors alike mean a damaged entry
+            logger.warning("the %s cache entry %s is damaged (%s: %s); rebuilding it", what, target,
+                           type(error).__name__, str(error)[:200])
+            shutil.rmtree(target, ignore_errors=True)
     built = build()
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:

@@ -1,4 +1,4 @@
-"""The tokenizer of a base model, loaded for training, evaluation and prediction alike."""
+"""The tokenizer of a base model, loaded and checked for training, evaluation and prediction alike."""
 
 from __future__ import annotations
 
@@ -8,23 +8,59 @@ from typing import Any
 from roberta_lora.errors import ConfigError
 from roberta_lora.hub import hub_reachable
 
+# What a local model folder must hold for `AutoTokenizer` to build the real tokenizer; without any of
+# them transformers builds a tiny placeholder from config.json and every word becomes <unk>.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "sentencepiece.bpe.model",
+                   "spiece.model")
+
 
 def load_tokenizer(model_id: str) -> Any:
-    """`AutoTokenizer.from_pretrained(model_id)`, with a clear error offline or for a folder without one."""
-    from transformers import (
-        AutoTokenizer,  # transformers takes seconds to import; only when a tokenizer is needed
-    )
-
-    if not Path(model_id).is_dir() and not hub_reachable():
+    """`AutoTokenizer.from_pretrained(model_id)`, with a clear error offline, for a folder without
+    tokenizer files, or for a tokenizer that cannot be built."""
+    local = Path(model_id)
+    if not local.is_dir() and not hub_reachable():
         raise ConfigError(
             f"--model {model_id!r} is not a local directory and the Hugging Face hub is not reachable (offline?). "
             "Pass local paths: --model /path/to/roberta-base (config, weights and tokenizer files) and "
             "--data-dir /path/to/data (e.g. ../shared/data/glue)"
         )
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"--model {model_id} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy the "
+            "tokenizer of its base next to config.json (tokenizer.save_pretrained(folder))"
+        )
+    from transformers import AutoTokenizer  # seconds to import: only when a tokenizer is needed
+
     try:
         return AutoTokenizer.from_pretrained(model_id)
-    except OSError as error:
+    except (OSError, ValueError, TypeError, KeyError) as error:
         raise ConfigError(
-            f"could not load a tokenizer from {model_id!r} ({str(error).splitlines()[0]}). Without network access "
-            "pass a local checkpoint directory with --model (it must hold the tokenizer files too)"
+            f"could not load a tokenizer from {model_id!r} ({str(error).splitlines()[0][:300]}). Without network "
+            "access pass a local checkpoint directory with --model (it must hold the tokenizer files too)"
         ) from None
+
+
+def check_pair_structure(tokenizer: Any, model_id: str) -> None:
+    """A sentence-pair task needs a tokenizer that marks where the second text starts (RoBERTa's
+    `</s></s>`, BERT's `[SEP]`); one that only concatenates the texts would train on run-on pairs."""
+    single = len(tokenizer("a")["input_ids"]) + len(tokenizer("b", add_special_tokens=False)["input_ids"])
+    if len(tokenizer("a", "b")["input_ids"]) <= single:
+        raise ConfigError(
+            f"the tokenizer of {model_id} does not separate the two texts of a pair (no separator tokens between "
+            "them); give it a post-processor such as RoBERTa's (`<s> A </s></s> B </s>`), or use the base's own "
+            "tokenizer files"
+        )
+
+
+def check_max_length(max_length: int, model_config: Any, model_id: str) -> None:
+    """Refuse a sequence length the model's position table cannot hold (RoBERTa reserves two positions
+    for its padding offset: 514 positions hold 512 tokens)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    offset = getattr(model_config, "pad_token_id", -1) + 1 if model_config.model_type in (
+        "roberta", "xlm-roberta", "camembert") else 0
+    limit = positions - offset
+    if max_length > limit:
+        raise ConfigError(f"--max-length {max_length} is more than the {limit} tokens {model_id}'s position table "
+                          f"holds; use --max-length {limit} or less")

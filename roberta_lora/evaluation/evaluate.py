@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from roberta_lora.data.readers import check_local_files
 from roberta_lora.data.task_data import EvalSplit, TaskData, eval_loader, load_task_data
 from roberta_lora.data.tasks import TaskSpec, load_task
 from roberta_lora.data.tokenizer import load_tokenizer
@@ -26,7 +27,7 @@ from roberta_lora.evaluation.squad_metrics import (
 )
 from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 from roberta_lora.fileio import atomic_write_text
-from roberta_lora.model.config import read_adapter_config
+from roberta_lora.model.config import AdapterConfig, read_adapter_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.runtime import make_accelerator
 
@@ -124,19 +125,31 @@ def evaluate_task(model: torch.nn.Module, data: TaskData, tokenizer: Any, accele
 def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None, model_id: str | None = None,
                      task: str | None = None, batch_size: int = 64, max_eval_samples: int | None = None,
                      output_dir: str | Path | None = None, allow_base_mismatch: bool = False,
-                     null_score_diff_threshold: float = 0.0, cache_dir: str | Path | None = None) -> dict[str, float]:
+                     null_score_diff_threshold: float = 0.0, cache_dir: str | Path | None = None,
+                     progress: bool = True) -> dict[str, float]:
     """Evaluate a saved adapter on its task's validation split(s); the same code the trainer uses.
 
     Args:
         adapter_dir: the adapter folder. task: task name or TOML (default: the one recorded in the adapter).
         data_dir: local data root (None: the hub). model_id: base model (default: the adapter's).
         output_dir: where prediction files go (None: not written).
+
+    Raises:
+        ConfigError: a batch size or sample count below 1, or a task the adapter was not trained for.
     """
+    problems = [f"{name}={value!r} (expected an integer >= 1)" for name, value in
+                (("batch_size", batch_size), ("max_eval_samples", max_eval_samples))
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)]
+    if problems:
+        raise ConfigError("cannot evaluate: " + "; ".join(problems))
     config, _ = read_adapter_config(Path(adapter_dir))
     task = task or config.task
     if task is None:
         raise ConfigError(f"adapter {adapter_dir} records no task; pass --task NAME")
     spec = load_task(task)
+    check_task_fits(spec, config, adapter_dir)
+    if data_dir is not None:
+        check_local_files(spec, data_dir, spec.validation_splits)
     model = LoraWrapperRoberta.from_adapter(adapter_dir, model_id=model_id, allow_base_mismatch=allow_base_mismatch)
     tokenizer = load_tokenizer(str(model_id or config.base_model))
     data = load_task_data(spec, tokenizer, data_dir, with_train=False, max_length=config.max_length,
@@ -147,4 +160,22 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
     model = model.to(accelerator.device)
     return evaluate_task(model, data, tokenizer, accelerator, batch_size,
                          output_dir=Path(output_dir) if output_dir else None,
-                         null_score_diff_threshold=null_score_diff_threshold, task_type=config.task_type)
+                         null_score_diff_threshold=null_score_diff_threshold, task_type=config.task_type,
+                         progress=progress)
+
+
+def check_task_fits(spec: TaskSpec, config: AdapterConfig, adapter_dir: str | Path) -> None:
+    """Refuse to score an adapter on a task it was not trained for: another head type, number of classes
+    or label names (an SST-2 adapter's "positive" is not RTE's "not_entailment")."""
+    task_type = f"squad_v{spec.squad_version}" if spec.kind == "squad" else "glue"
+    problems = []
+    if (task_type == "glue") != (config.task_type == "glue"):
+        problems.append(f"it is a {config.task_type} adapter and {spec.name} a {task_type} task")
+    elif task_type == "glue" and config.num_classes != spec.num_labels:
+        problems.append(f"it has {config.num_classes} outputs and {spec.name} {spec.num_labels}")
+    elif task_type == "glue" and config.label_names and list(config.label_names) != list(spec.label_names):
+        problems.append(f"its labels are {config.label_names}, {spec.name}'s {list(spec.label_names)}")
+    if problems:
+        trained = f" (trained on {config.task})" if config.task else ""
+        raise ConfigError(f"adapter {adapter_dir}{trained} does not fit task {spec.name}: {problems[0]}; "
+                          f"pass --task {config.task or '<the task it was trained on>'}")

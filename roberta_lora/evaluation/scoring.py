@@ -73,13 +73,7 @@ def _read_glue_predictions(path: Path, spec: TaskSpec, count: int) -> np.ndarray
                 raise DataError(f"expected 2 tab-separated fields, got {len(fields)}", str(path), number)
             rows.append((_as_index(fields[0], path, number), fields[1], number))
     else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"not valid JSON ({error.msg})", str(path), number) from None
+        for number, record in _json_records(text, path):
             if not isinstance(record, dict) or "prediction" not in record or "index" not in record:
                 raise DataError('expected {"index": <row>, "prediction": <label or score>}', str(path), number)
             rows.append((_as_index(record["index"], path, number), record["prediction"], number))
@@ -97,6 +91,31 @@ def _read_glue_predictions(path: Path, spec: TaskSpec, count: int) -> np.ndarray
         raise DataError(f"{count - len(seen)} of {count} rows have no prediction (first missing index "
                         f"{missing[0]}); predict every row of the split", str(path))
     return values if spec.kind == "regression" else values.astype(int)
+
+
+def _json_records(text: str, path: Path) -> list[tuple[int, Any]]:
+    """(line, record) pairs from JSON lines, or from one JSON document holding a list of records
+    (a pretty-printed file, or {"predictions": [...]}); the line is the record's number there."""
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # not one document: read it as JSON lines below
+        if isinstance(document, dict) and isinstance(document.get("predictions"), list):
+            document = document["predictions"]
+        if isinstance(document, list):
+            return list(enumerate(document, start=1))
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise DataError(f"not valid JSON lines ({error.msg}); expected one {{\"index\": i, \"prediction\": p}} "
+                            "object per line, or one JSON list of them", str(path), number) from None
+    return records
 
 
 def _as_index(value: Any, path: Path, line: int) -> int:

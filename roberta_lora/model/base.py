@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import RobertaConfig, RobertaModel
 
 from roberta_lora.errors import ConfigError
+from roberta_lora.hub import hub_reachable
 
 BaseSpec = str | Path | RobertaConfig | RobertaModel
 
@@ -30,14 +31,57 @@ def load_base_encoder(
         if attn_implementation is not None:
             config = RobertaConfig(**{**config.to_dict(), "_attn_implementation": attn_implementation})
         return RobertaModel(config, add_pooling_layer=False)
+    check_base_folder(str(model_id))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        return RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False, **kwargs)
-    except OSError as error:
+        encoder, info = RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False, output_loading_info=True,
+                                                     **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        # A truncated or foreign weights file fails inside transformers / safetensors with many error types.
         # os.path.isdir, not Path.is_dir: it returns False (no OSError) for names the OS refuses, e.g. too long.
         local_hint = "it is not a local directory" if not os.path.isdir(str(model_id)) else "the directory is incomplete"
         raise ConfigError(
-            f"could not load the base model {str(model_id)!r} ({local_hint}; {str(error).splitlines()[0]}). "
+            f"could not load the base model {str(model_id)!r} ({local_hint}; {str(error).splitlines()[0][:300]}). "
             "Without network access pass a local checkpoint directory, e.g. --model /path/to/roberta-base "
             "(a folder with config.json and model.safetensors)"
         ) from None
+    # transformers fills weights the file lacks with random values and only logs it: refuse instead.
+    missing = [name for name in info.get("missing_keys", []) if not name.startswith("pooler.")]
+    mismatched = info.get("mismatched_keys", [])
+    if missing or mismatched:
+        shown = [str(m) for m in (missing or mismatched)[:3]]
+        raise ConfigError(
+            f"the weights in {model_id} do not match its config.json ({len(missing)} tensors missing, "
+            f"{len(mismatched)} of another shape, e.g. {shown}); is the weights file from another model?"
+        )
+    return encoder
+
+
+def check_base_folder(model_id: str) -> None:
+    """Refuse, before transformers tries, what cannot be a base: an adapter folder, a folder without
+    config.json or weights, a file, or a hub id while the hub is unreachable.
+
+    Raises:
+        ConfigError: naming the path and what it holds instead.
+    """
+    path = Path(model_id)
+    # os.path, not Path methods: they return False (no OSError) for names the OS refuses, e.g. too long.
+    if os.path.isfile(model_id):
+        raise ConfigError(f"--model {model_id} is a file; pass the folder that holds config.json and the weights")
+    if not os.path.isdir(model_id):
+        if model_id.startswith((".", "/", "~")) or not hub_reachable():
+            raise ConfigError(
+                f"--model {model_id!r} is not a local directory and the Hugging Face hub is not reachable; without "
+                "network access pass a local checkpoint directory, e.g. --model /path/to/roberta-base"
+            )
+        return
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise ConfigError(f"--model {model_id} is an adapter folder, not a base model; pass it as --adapter (or "
+                          "--init-from) and its base as --model")
+    if not (path / "config.json").is_file():
+        held = sorted(p.name for p in path.iterdir())[:6]
+        raise ConfigError(f"--model {model_id} has no config.json (it holds {held or 'nothing'}); pass a "
+                          "checkpoint folder written by save_pretrained")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise ConfigError(f"--model {model_id} has config.json but no weights (model.safetensors); "
+                          "copy the weights file next to it")

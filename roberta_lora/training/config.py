@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar length: less padding, same examples per epoch
     num_workers: int = 0  # DataLoader worker processes
     init_from: str | None = None  # warm-start from another adapter (head re-initialised if labels differ)
-    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    resume: bool = False  # continue the run in output_dir from its last checkpoint, with its saved settings
+    overwrite: bool = False  # start again in an existing run folder (its files are deleted)
     allow_base_mismatch: bool = False  # let --init-from use an adapter trained on another base
     null_score_diff_threshold: float = 0.0  # SQuAD v2: predict "" when null - best span > this
     quantize: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
@@ -84,8 +86,10 @@ class TrainConfig:
     torch_compile_backend: str = "inductor"  # inductor | aot_eager | eager (the last two: for debugging)
 
     def validate(self) -> None:
-        """Raise one ConfigError listing every invalid setting."""
-        problems: list[str] = []
+        """Raise one ConfigError listing every invalid setting (wrong types first: `"5e-4"`, `true`)."""
+        problems = _type_problems(self)
+        if problems:
+            raise ConfigError("invalid training configuration:\n  " + "\n  ".join(problems))
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -113,6 +117,12 @@ class TrainConfig:
         need(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm!r}: expected >= 0 (0 disables clipping)")
         need(self.num_workers >= 0, f"num_workers={self.num_workers!r}: expected >= 0")
         need(self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS), f"attn_implementation={self.attn_implementation!r}: expected sdpa or eager")
+        # numpy's legacy seeding (used by accelerate's set_seed) takes 0 .. 2**32 - 1.
+        need(0 <= self.seed < 2**32, f"seed={self.seed!r}: expected an integer in [0, 2**32)")
+        need(self.output_dir is None or self.output_dir.strip() != "",
+             "output_dir is empty: pass a folder name, or leave --output-dir out for outputs/<task>/<time>-<method>")
+        need(not (self.resume and self.overwrite), "resume and overwrite together: --resume continues a run, "
+             "--overwrite starts it again; pass one of them")
         if self.init_from is not None and not Path(self.init_from).is_dir():
             problems.append(f"init_from={self.init_from!r}: no such adapter folder")
         if self.data_dir is not None and not Path(self.data_dir).exists():
@@ -128,6 +138,93 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def _type_problems(config: TrainConfig) -> list[str]:
+    """One message per field whose value has the wrong type for its annotation (TOML and Python callers
+    can pass anything: `learning_rate = "5e-4"`, `epochs = true`, `lora_rank = 2.5`)."""
+    problems = []
+    for spec in dataclasses.fields(config):
+        value, annotation = getattr(config, spec.name), str(spec.type)
+        if value is None and "None" in annotation:
+            continue
+        if "bool" in annotation:
+            ok = isinstance(value, bool)
+        elif annotation.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif annotation.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif annotation.startswith("str"):
+            ok = isinstance(value, str)
+        else:  # pragma: no cover - every field is one of the above
+            ok = True
+        if not ok:
+            kind = annotation.replace(" | None", " or none")
+            problems.append(f"{spec.name}={_short(value)} is a {type(value).__name__}; expected {kind}")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Settings a resumed run may change: they cannot change its results.
+RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration a run was started with (its config.json), for `--resume`.
+
+    Raises ConfigError when the folder holds no readable run configuration.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"cannot --resume {run_dir}: it has no config.json, so it is not a roberta-lora run "
+                          "(check --output-dir)") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot --resume {run_dir}: {path} is unreadable ({error})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"cannot --resume {run_dir}: {path} is not a JSON object")
+    saved.pop("resolved", None)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except TypeError as error:
+        raise ConfigError(f"cannot --resume {run_dir}: {path} does not describe a run ({error})") from None
+
+
+def resume_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The settings in which `wanted` differs from the run on disk (free ones left out)."""
+    return [f"{name}: the run has {_short(getattr(saved, name))}, now {_short(getattr(wanted, name))}"
+            for name in CONFIG_FIELDS
+            if name not in RESUME_FREE_FIELDS and getattr(saved, name) != getattr(wanted, name)]
+
+
+def resume_train_config(run_dir: str | Path, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """`--resume --output-dir RUN`: the run's saved settings, with the flags actually given on top (the
+    training then refuses any that would change the run, listing them)."""
+    values = dataclasses.asdict(read_run_config(run_dir))
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown training setting(s) {unknown}; allowed: {sorted(CONFIG_FIELDS)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(output_dir=str(run_dir), resume=True)
+    config = TrainConfig(**values)
+    config.validate()
+    return config
+
+
+def absolute_local_paths(config: TrainConfig) -> None:
+    """Store local paths absolute (model, data, warm start), so adapters and resumes work from any folder."""
+    for name in ("model", "data_dir", "init_from"):
+        value = getattr(config, name)
+        if isinstance(value, str) and value and Path(value).exists():
+            setattr(config, name, str(Path(value).resolve()))
 
 
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
@@ -170,4 +267,5 @@ def resolve_train_config(spec: TaskSpec, overrides: dict[str, Any], config_file:
     if isinstance(config.targets, (list, tuple)):
         config.targets = ",".join(config.targets)
     config.validate()
+    absolute_local_paths(config)
     return config

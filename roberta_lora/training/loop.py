@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from roberta_lora.adapters.warm_start import warm_start_from_adapter
+from roberta_lora.data.readers import check_local_files
 from roberta_lora.data.task_data import load_task_data, train_loader
 from roberta_lora.data.tasks import TaskSpec, load_task
-from roberta_lora.data.tokenizer import load_tokenizer
+from roberta_lora.data.tokenizer import check_max_length, check_pair_structure, load_tokenizer
 from roberta_lora.errors import ConfigError, RobertaLoraError
 from roberta_lora.evaluation.evaluate import evaluate_task
 from roberta_lora.fileio import atomic_write_text
@@ -34,9 +34,15 @@ from roberta_lora.model.quantization import check_qlora_options
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.runtime import check_compile_backend, compile_model, make_accelerator
 from roberta_lora.training.checkpoints import STATE_NAME, resume_from_checkpoint, save_checkpoint
-from roberta_lora.training.config import TrainConfig
+from roberta_lora.training.config import (
+    TrainConfig,
+    absolute_local_paths,
+    read_run_config,
+    resume_differences,
+)
 from roberta_lora.training.optim import build_optimizer
 from roberta_lora.training.run_files import RunHistory, plot_curves, write_metrics_jsonl, write_model_card
+from roberta_lora.training.rundir import check_run_folder, claim_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -57,33 +63,63 @@ class TrainResult:
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train one adapter as `config` says and write everything under its run folder."""
+    """Train one adapter as `config` says and write everything under its run folder.
+
+    Everything that can be checked is checked before the run folder is touched: settings, the run
+    folder itself (see `training.rundir`), a resumed run's saved settings, the model folder, its
+    tokenizer, the sequence length and the data files.
+    """
     config.validate()
+    absolute_local_paths(config)
     check_qlora_options(config.quantize, config.optim)  # CUDA / bitsandbytes missing: fail before any work
     if config.torch_compile:
         check_compile_backend(config.torch_compile_backend)
     spec = load_task(config.task)
+    if config.output_dir is None:
+        config.output_dir = str(Path("outputs") / spec.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}")
+    run_dir = Path(config.output_dir)
+    check_run_folder(run_dir, config.resume, config.overwrite)
+    if config.resume and (run_dir / "config.json").is_file():
+        differences = resume_differences(read_run_config(run_dir), config)
+        if differences:
+            raise ConfigError(f"--resume continues {run_dir} with the settings it was started with; these differ: "
+                              + "; ".join(differences) + ". Leave them out, or start a new run with another --output-dir")
+    tokenizer, model = preflight(config, spec)
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum)  # refuses before any file is written
-    run_dir = prepare_run_dir(config, spec)
-    # Seed before anything draws random numbers (data order, LoRA A, head, dropout).
-    set_seed(config.seed)
+    lock = claim_run_folder(run_dir, config.overwrite) if accelerator.is_main_process else None
     log_handler = attach_log_file(run_dir, accelerator)
     try:
-        return _train(config, spec, run_dir, accelerator, progress)
+        return _train(config, spec, run_dir, accelerator, progress, tokenizer, model)
     finally:
         logging.getLogger("roberta_lora").removeHandler(log_handler)
         log_handler.close()
+        if lock is not None:
+            lock.release()
 
 
-def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Accelerator, progress: bool) -> TrainResult:
-    started = time.perf_counter()
+def preflight(config: TrainConfig, spec: TaskSpec) -> tuple[Any, LoraWrapperRoberta]:
+    """The tokenizer and the model, loaded and checked against the task and the data files before the
+    run folder is written (a bad model folder or data path costs nothing on disk)."""
     tokenizer = load_tokenizer(config.model)
+    if len(spec.text_columns) == 2 or spec.kind == "squad":
+        check_pair_structure(tokenizer, config.model)
+    if config.data_dir is not None:
+        check_local_files(spec, config.data_dir)
+    # Seed before anything draws random numbers (LoRA A, head, then data order and dropout).
+    set_seed(config.seed)
+    model = build_model(config, spec)
+    check_max_length(config.max_length or spec.max_length, model.config, config.model)
+    return tokenizer, model
+
+
+def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Accelerator, progress: bool,
+           tokenizer: Any, model: LoraWrapperRoberta) -> TrainResult:
+    started = time.perf_counter()
     data = load_task_data(
         spec, tokenizer, config.data_dir, max_length=config.max_length, doc_stride=config.doc_stride,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
         cache_dir=config.cache_dir,
     )
-    model = build_model(config, spec)
     # Recorded in the adapter so `evaluate` and `predict` tokenize exactly as training did.
     model.adapter_config.max_length = config.max_length
     model.adapter_config.doc_stride = config.doc_stride
@@ -104,7 +140,8 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     epochs = min(config.epochs, math.ceil(total_steps / steps_per_epoch))
     # Not prepared by accelerate: we step it once per optimizer step ourselves, on every process.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
+    if not config.resume:  # a resumed run keeps the config.json it was started with
+        write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
 
     history, start_epoch, global_step, best = RunHistory(), 0, 0, {"epoch": -1, "value": None, "metrics": {}}
     if config.resume and not (run_dir / "checkpoint" / STATE_NAME).exists():
@@ -198,27 +235,6 @@ def diverged_message(loss: float, step: int, epoch: int, run_dir: Path, finished
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The validation metrics of one metrics.jsonl record (its eval_* fields, prefix removed)."""
     return {key.removeprefix("eval_"): value for key, value in record.items() if key.startswith("eval_")}
-
-
-def prepare_run_dir(config: TrainConfig, spec: TaskSpec) -> Path:
-    """The run folder, created and checked writable before any work (a read-only disk fails here)."""
-    if config.output_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        config.output_dir = str(Path("outputs") / spec.name / f"{stamp}-{config.method}")
-    run_dir = Path(config.output_dir)
-    # The state file is the checkpoint's commit point: a folder without it is an unfinished first epoch.
-    if not config.resume and (run_dir / "checkpoint" / STATE_NAME).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run; pass --resume to continue it or choose another --output-dir"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"cannot write to the output folder {run_dir} ({error}); choose a writable --output-dir") from None
-    return run_dir
 
 
 def attach_log_file(run_dir: Path, accelerator: Accelerator) -> logging.Handler:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.data.readers import resolve_local_file
+from roberta_lora.data.readers import check_local_files, resolve_local_file
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.model.config import adapter_size_bytes
 from roberta_lora.training.config import resolve_train_config
 from roberta_lora.training.loop import train
+from roberta_lora.training.rundir import check_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
     if not tasks:
         raise ConfigError(f"no task has its files under {overrides.get('data_dir')}; pass --tasks or fix --data-dir")
     root = Path(output_dir or Path("outputs") / f"train-all-{time.strftime('%Y%m%d-%H%M%S')}")
-    rows = []
+    # Every task, method, setting and data path is checked before the first training starts: a typo in
+    # the last task must not surface hours later.
+    plan = []
     for task in tasks:
         spec = load_task(task)
         for method in methods:
@@ -69,15 +72,21 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
                 spec, {**overrides, "task": task, "method": method, "output_dir": str(root / f"{spec.name}-{method}")},
                 config_file,
             )
-            logger.info("train-all: %s with %s", spec.name, method)
-            result = train(config, progress=progress)
-            rows.append({
-                "task": spec.name, "method": method, "main_metric": spec.main_metric,
-                "task_score": sum(result.metrics.values()) / len(result.metrics), **result.metrics,
-                "trainable_parameters": result.trainable_parameters,
-                "adapter_bytes": adapter_size_bytes(result.run_dir / "adapter"),
-                "wall_seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
-            })
+            if config.data_dir is not None:
+                check_local_files(spec, config.data_dir)
+            check_run_folder(Path(config.output_dir), config.resume, config.overwrite)
+            plan.append((spec, method, config))
+    rows = []
+    for spec, method, config in plan:
+        logger.info("train-all: %s with %s", spec.name, method)
+        result = train(config, progress=progress)
+        rows.append({
+            "task": spec.name, "method": method, "main_metric": spec.main_metric,
+            "task_score": sum(result.metrics.values()) / len(result.metrics), **result.metrics,
+            "trainable_parameters": result.trainable_parameters,
+            "adapter_bytes": adapter_size_bytes(result.run_dir / "adapter"),
+            "wall_seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
+        })
     markdown = render_markdown(rows, methods)
     atomic_write_text(root / "results.md", markdown)
     atomic_write_text(root / "results.csv", render_csv(rows))
