@@ -165,14 +165,15 @@ class AdapterBank(nn.Module):
         del self._configs[name], self._stored[name]
 
     def save_adapter(self, directory: str | Path, adapter_name: str | None = None,
-                     metrics: dict | None = None) -> Path:
-        """Write one adapter's folder (default: the active one), atomically."""
+                     metrics: dict | None = None, extra_files: dict[str, str] | None = None) -> Path:
+        """Write one adapter's folder (default: the active one) as one unit, with `extra_files`
+        (file name -> text, e.g. {"README.md": card}); see `LoraWrapperRoberta.save_adapter`."""
         name = self._active if adapter_name is None else adapter_name
         self._require_known(name)
         if name == self._active:
-            return self.model.save_adapter(directory, metrics=metrics)
-        config = self._configs[name]
-        save_adapter_files(directory, self._stored[name], replace(config, metrics=dict(metrics or config.metrics)))
+            return self.model.save_adapter(directory, metrics=metrics, extra_files=extra_files)
+        config = replace(self._configs[name], metrics=dict(metrics or self._configs[name].metrics))
+        save_adapter_files(directory, self._stored[name], config, extra_files)
         return Path(directory)
 
     def add_weighted_adapter(

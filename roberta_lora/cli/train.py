@@ -11,10 +11,10 @@ from roberta_lora.choices import COMPILE_BACKENDS, HEAD_KINDS, METHODS, MIXED_PR
 from roberta_lora.cli.output import print_json, silence_progress_bars
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
-from roberta_lora.training.config import resolve_train_config, resume_train_config
+from roberta_lora.training.config import FIELD_FLAGS, resolve_train_config, resume_train_config
 
-# CLI flag -> TrainConfig field, for flags whose names differ from the field.
-FLAG_FIELDS = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate"}
+# CLI flag (argparse dest) -> TrainConfig field, for flags whose names differ from the field.
+FLAG_FIELDS = {flag.removeprefix("--"): field for field, flag in FIELD_FLAGS.items()}
 
 
 def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True) -> None:

@@ -1,9 +1,12 @@
 """Adapter tensors on disk: written atomically, read safely, checked against the model.
 
 An adapter directory holds `adapter.safetensors` (only the trained tensors) and
-`adapter_config.json` (see `model.config`). Reading never unpickles: safetensors and JSON only.
-Each file is written to a temporary file in the same directory and renamed into place, and the
-config records the sha256 of the tensors file, so an interrupted save is detected, never loaded.
+`adapter_config.json` (see `model.config`), plus any text files saved with them (a model card).
+Reading never unpickles: safetensors and JSON only. A save writes the whole folder as a hidden
+sibling and swaps it in as one unit (`fileio.replace_folder_atomically`), because the config
+records the sha256 of the tensors file: replaced one file at a time, a kill between the two
+would leave a folder that agrees with neither version and loads as neither. Files a user put in
+the folder are kept.
 
 Adapter files come from strangers, so reading treats them as untrusted input: sizes are
 checked before anything is allocated, the safetensors header is checked (length, JSON,
@@ -25,8 +28,14 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from roberta_lora.errors import AdapterError
-from roberta_lora.fileio import atomic_write_bytes, atomic_write_text, safetensors_header
+from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    replace_folder_atomically,
+    restore_interrupted_replace,
+    safetensors_header,
+)
 from roberta_lora.model.config import (
     ALPHA_KEY,
     CONFIG_NAME,
@@ -62,8 +71,16 @@ def base_fingerprint(encoder: nn.Module) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor], config: AdapterConfig) -> None:
-    """Write the tensors and the config (with the tensors' sha256) atomically into `directory`.
+def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor], config: AdapterConfig,
+                       extra_files: Mapping[str, str] | None = None) -> None:
+    """Replace the adapter folder `directory` as one unit: tensors, config (with the tensors' sha256) and
+    `extra_files`, so a reader, or a save killed at any point, sees the old adapter or the new one whole.
+
+    Args:
+        directory: the adapter folder; other files already in it (a user's notes) are kept.
+        tensors: the adapter's tensors, stored in adapter.safetensors.
+        config: stored in adapter_config.json; its lora_alpha is also recorded in the tensors file.
+        extra_files: file name -> text (UTF-8) written with them, e.g. {"README.md": card}.
 
     Raises AdapterError, writing nothing, when a tensor holds NaN or infinite values: loading would
     refuse the file, and a diverged model must not replace a good adapter or checkpoint.
@@ -75,13 +92,37 @@ def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor
             f"not saving {directory}: tensors {_preview(bad)} hold NaN or infinite values (did training diverge? "
             "lower the learning rate); the files already there are kept"
         )
+    extra_files = dict(extra_files or {})
+    _check_extra_files(directory, extra_files)
     payload = save_safetensors_bytes(
         {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
         metadata={"format": "pt", "producer": "roberta-lora", ALPHA_KEY: repr(float(config.lora_alpha))},
     )
-    # Tensors first, then the config that vouches for them.
-    atomic_write_bytes(directory / WEIGHTS_NAME, payload)
-    atomic_write_text(directory / CONFIG_NAME, config_json_with_digest(config, hashlib.sha256(payload).hexdigest()))
+    config_text = config_json_with_digest(config, hashlib.sha256(payload).hexdigest())
+
+    def fill(folder: Path) -> None:
+        # Each file is itself written atomically, so even the hidden folder never shows a cut file.
+        atomic_write_bytes(folder / WEIGHTS_NAME, payload)
+        atomic_write_text(folder / CONFIG_NAME, config_text)
+        for name, text in extra_files.items():
+            atomic_write_text(folder / name, text)
+
+    replace_folder_atomically(directory, fill)
+
+
+def _check_extra_files(directory: Path, extra_files: Mapping[str, str]) -> None:
+    """Extra files are text files beside the adapter's own two: never in a subfolder, never over them."""
+    for name, text in extra_files.items():
+        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+        if not plain or name in (WEIGHTS_NAME, CONFIG_NAME):
+            raise ConfigError(
+                f"not saving {directory}: extra file name {name!r:.100} must be a plain file name (no folder) other "
+                f"than {WEIGHTS_NAME} and {CONFIG_NAME}, e.g. 'README.md'"
+            )
+        if not isinstance(text, str):
+            raise ConfigError(
+                f"not saving {directory}: extra file {name!r} must be given as text (str), got {type(text).__name__}"
+            )
 
 
 def read_adapter_tensors(directory: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
@@ -90,6 +131,7 @@ def read_adapter_tensors(directory: str | Path, expected_sha256: str | None) -> 
     Raises AdapterError for a missing, corrupt or mismatching file, a header that declares more
     than the file holds, a non-float dtype, or values that are NaN or infinite.
     """
+    restore_interrupted_replace(directory)  # a save killed between its two fallback renames
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise AdapterError(f"{path} is missing; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
-from roberta_lora.fileio import read_safetensors_header, strict_json
+from roberta_lora.fileio import read_safetensors_header, restore_interrupted_replace, strict_json
 from roberta_lora.lora.targets import resolve_targets
 
 WEIGHTS_NAME = "adapter.safetensors"
@@ -182,6 +182,7 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, str | Non
     wrong types, or a lora_alpha that differs from the one recorded in the tensors file.
     """
     directory = Path(directory)
+    restore_interrupted_replace(directory)  # a save killed between its two renames (see fileio)
     path = directory / CONFIG_NAME
     if not directory.is_dir():
         raise AdapterError(f"adapter directory {directory} does not exist; pass the folder that holds {CONFIG_NAME}")

@@ -437,17 +437,21 @@ class LoraWrapperRoberta(nn.Module):
                 setattr(self, head_attribute(new.task_type), build_head(new, self.config).to(device=device, dtype=dtype))
 
     # ----------------------------------------------------------------------------- files
-    def save_adapter(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write adapter.safetensors (the adapter's tensors only) and adapter_config.json, atomically.
+    def save_adapter(self, directory: str | Path, metrics: dict | None = None,
+                     extra_files: dict[str, str] | None = None) -> Path:
+        """Write adapter.safetensors (the adapter's tensors only) and adapter_config.json; the folder is
+        replaced as one unit, so a kill mid-save leaves the previous adapter or this one, never a mix.
 
         Args:
-            directory: the adapter folder to write.
+            directory: the adapter folder to write; other files already in it are kept.
             metrics: stored in the config (default: the metrics it already holds).
+            extra_files: file name -> text saved in the same step, e.g. {"README.md": card}, so it always
+                describes the tensors beside it.
         """
         self._require_enabled("save the adapter")
         directory = Path(directory)
         config = replace(self._adapter_config, metrics=dict(metrics or self._adapter_config.metrics))
-        save_adapter_files(directory, self.adapter_state_dict(), config)
+        save_adapter_files(directory, self.adapter_state_dict(), config, extra_files)
         return directory
 
     def load_adapter(

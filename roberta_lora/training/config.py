@@ -169,6 +169,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# Fields whose CLI flag is not "--" + the field name with dashes.
+FIELD_FLAGS = {"lora_rank": "--rank", "lora_alpha": "--alpha", "lora_dropout": "--dropout", "learning_rate": "--lr"}
+
+
+def flag_of(field_name: str) -> str:
+    """The CLI flag of a TrainConfig field ("learning_rate" -> "--lr")."""
+    return FIELD_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
 # Settings a resumed run may change: they cannot change its results.
 RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir")
 
@@ -198,7 +207,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
 
 def resume_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """The settings in which `wanted` differs from the run on disk (free ones left out)."""
-    return [f"{name}: the run has {_short(getattr(saved, name))}, now {_short(getattr(wanted, name))}"
+    return [f"{name} ({flag_of(name)}): the run has {_short(getattr(saved, name))}, now {_short(getattr(wanted, name))}"
             for name in CONFIG_FIELDS
             if name not in RESUME_FREE_FIELDS and getattr(saved, name) != getattr(wanted, name)]
 

@@ -41,7 +41,7 @@ from roberta_lora.training.config import (
     resume_differences,
 )
 from roberta_lora.training.optim import build_optimizer
-from roberta_lora.training.run_files import RunHistory, plot_curves, write_metrics_jsonl, write_model_card
+from roberta_lora.training.run_files import RunHistory, model_card, plot_curves, write_metrics_jsonl
 from roberta_lora.training.rundir import check_run_folder, claim_run_folder
 
 logger = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ def write_run_config(run_dir: Path, config: TrainConfig, spec: TaskSpec, total_s
 
 def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: TaskSpec, config: TrainConfig,
                            metrics: dict[str, float], epoch: int) -> None:
-    model.save_adapter(directory, metrics=metrics)
+    """The adapter folder with its README.md card, replaced as one unit (a kill never mixes the two)."""
     trainable, total = model.parameter_counts()
-    write_model_card(directory, task=spec.name, description=spec.description, base_model=config.model,
-                     metrics=metrics, config=asdict(config), trainable=trainable, total=total, epoch=epoch)
+    card = model_card(task=spec.name, description=spec.description, base_model=config.model, metrics=metrics,
+                      config=asdict(config), trainable=trainable, total=total, epoch=epoch)
+    model.save_adapter(directory, metrics=metrics, extra_files={"README.md": card})

@@ -58,9 +58,14 @@ def plot_curves(path: Path, history: RunHistory, main_metric: str) -> None:
     plt.close(figure)
 
 
-def write_model_card(adapter_dir: Path, *, task: str, description: str, base_model: str, metrics: dict[str, float],
-                     config: dict[str, Any], trainable: int, total: int, epoch: int | None) -> None:
-    """README.md next to the adapter files: what it is, how well it does, how to load it."""
+def write_model_card(adapter_dir: Path, **card: Any) -> None:
+    """README.md next to the adapter files (see `model_card`), written atomically on its own."""
+    atomic_write_text(adapter_dir / "README.md", model_card(**card))
+
+
+def model_card(*, task: str, description: str, base_model: str, metrics: dict[str, float],
+               config: dict[str, Any], trainable: int, total: int, epoch: int | None) -> str:
+    """The adapter's README.md: what it is, how well it does, how to load it."""
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()))
     keys = ("method", "lora_rank", "lora_alpha", "lora_dropout", "targets", "head", "learning_rate", "batch_size",
             "epochs", "warmup_ratio", "max_length", "seed")
@@ -97,4 +102,4 @@ roberta-lora evaluate --adapter path/to/this/folder --model {base_model} --data-
 roberta-lora predict --adapter path/to/this/folder --text "..."
 ```
 """
-    atomic_write_text(adapter_dir / "README.md", text)
+    return text

@@ -130,17 +130,26 @@ def child(request):
         os.dup2(fd, 2)
         kill_at = request.get("kill_at")  # {"path", "occurrence", "when": "before" | "after"}
         if kill_at:
-            real_replace, seen = os.replace, [0]
-            def replace(src, dst, *args, **kwargs):
+            # A commit is an os.replace of a file or a new folder, or the renameat2 exchange that swaps a
+            # whole adapter folder in (roberta_lora.fileio): count both, by their destination path.
+            import roberta_lora.fileio as fileio
+            seen = [0]
+            def commit(dst, do):
                 if str(dst) == kill_at["path"]:
                     seen[0] += 1
                     if seen[0] == kill_at["occurrence"]:
                         print(f"SELF-KILL {kill_at['when']} committing {dst}", flush=True)
                         if kill_at["when"] == "after":
-                            real_replace(src, dst, *args, **kwargs)
+                            do()
                         os.kill(os.getpid(), signal.SIGKILL)
-                return real_replace(src, dst, *args, **kwargs)
-            os.replace = replace
+                return do()
+            real_replace, real_factory = os.replace, fileio._renameat2
+            os.replace = lambda src, dst, *a, **k: commit(dst, lambda: real_replace(src, dst, *a, **k))
+            def factory():
+                call = real_factory()
+                return None if call is None else (
+                    lambda old, new, flags: commit(os.fsdecode(new), lambda: call(old, new, flags)))
+            fileio._renameat2 = factory
         code = roberta_lora.cli.main.main(request["argv"])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -170,7 +179,8 @@ class TrainingForkServer:
 
     A forked child runs `roberta_lora.cli.main(argv)` (the `roberta-lora` command line) with its
     output appended to a log file. `kill_at=(path, k, "before" | "after")` makes it SIGKILL itself
-    when it commits `path` (the atomic writes' os.replace) for the k-th time, just before or just
+    when it commits `path` (an atomic write's os.replace, or the exchange that swaps an adapter folder
+    in) for the k-th time, just before or just
     after the rename: a kill at an exact point between two file writes.
     """
 

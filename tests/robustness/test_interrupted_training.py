@@ -44,9 +44,9 @@ AVOID_KNOWN_CHECKPOINT_BUG = False
 # metric improves (always in epoch 1), or once at the end. Killing just before or just after
 # these renames is safe today; inside the checkpoint's three writes is the known bug.
 PER_EPOCH = ["metrics.jsonl", "curves.png", "checkpoint/training_state.pt"]
-FIRST_EPOCH = ["best/adapter.safetensors", "best/adapter_config.json", "best/README.md"]
-AT_THE_END = ["adapter/adapter.safetensors", "adapter/adapter_config.json", "adapter/README.md",
-              "eval/validation/predictions.jsonl"]
+# An adapter folder (tensors, config, README.md card) is committed as one unit: its folder is the path.
+FIRST_EPOCH = ["best"]
+AT_THE_END = ["adapter", "eval/validation/predictions.jsonl"]
 COMPARED = ["adapter/adapter.safetensors", "best/adapter.safetensors", "checkpoint/adapter/adapter.safetensors"]
 
 
@@ -221,10 +221,10 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_result(tra
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, occurrence, when", [
-    ("checkpoint/adapter/adapter.safetensors", 2, "after"),
-    ("checkpoint/adapter/adapter_config.json", 2, "after"),
-    ("checkpoint/adapter/adapter.safetensors", 1, "before"),
-], ids=["tensors-committed", "adapter-committed-state-not", "first-checkpoint-begun"])
+    ("checkpoint/adapter", 2, "before"),
+    ("checkpoint/adapter", 2, "after"),
+    ("checkpoint/adapter", 1, "before"),
+], ids=["adapter-not-yet-swapped", "adapter-committed-state-not", "first-checkpoint-begun"])
 def test_a_kill_inside_the_checkpoint_write_can_be_resumed(trainer, tmp_path, name, occurrence, when) -> None:
     run = tmp_path / "run"
     assert trainer.server.wait(trainer.start(run, kill_at=(run / name, occurrence, when))) == -signal.SIGKILL

@@ -226,8 +226,8 @@ def writers(tiny_model_dir: Path) -> dict[str, Callable[[Path, int], None]]:
 
 def inject(monkeypatch, failure: str, folder: Path) -> None:
     """Make the atomic writes under `folder` fail the way a full disk or a broken device does."""
-    def ours(path) -> bool:
-        return str(path).startswith(str(folder))
+    def ours(path) -> bool:  # the folder, or the hidden sibling an adapter folder is built in before the swap
+        return str(path).startswith((str(folder), str(folder.parent / f".{folder.name}.")))
 
     if failure == "disk full mid-write":  # the temporary file is cut short, then the write fails
         real_chmod = os.chmod
@@ -242,7 +242,7 @@ def inject(monkeypatch, failure: str, folder: Path) -> None:
     elif failure == "fsync fails":
         real_fsync = os.fsync
         monkeypatch.setattr(fileio.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
-                            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) else real_fsync(fd))
+                            if ours(os.readlink(f"/proc/self/fd/{fd}")) else real_fsync(fd))
     else:  # the rename
         real_replace = os.replace
         monkeypatch.setattr(fileio.os, "replace", lambda src, dst, *a, **k: (_ for _ in ()).throw(
