@@ -103,10 +103,13 @@ def write_glue_fixture(root: Path, task: str, n_train: int = 24, n_dev: int = 12
     return folder
 
 
-def squad_document(version: int = 1, n_articles: int = 2, n_paragraphs: int = 2, n_questions: int = 3) -> dict:
+def squad_document(version: int = 1, n_articles: int = 2, n_paragraphs: int = 2, n_questions: int = 3,
+                   split: str = "") -> dict:
     """An official-format SQuAD document whose answers sit at their answer_start.
 
-    In v2 every third question is unanswerable (is_impossible, answers [], plausible_answers).
+    In v2 every third question is unanswerable (is_impossible, answers [], plausible_answers). `split`
+    goes into the article titles, so a train and a dev file are not byte-identical (the toolkit refuses
+    one file's data used as two splits).
     """
     data = []
     for a in range(n_articles):
@@ -125,7 +128,7 @@ def squad_document(version: int = 1, n_articles: int = 2, n_paragraphs: int = 2,
                         entry["plausible_answers"], entry["answers"] = entry["answers"], []
                 qas.append(entry)
             paragraphs.append({"context": context, "qas": qas})
-        data.append({"title": f"Article_{a}", "paragraphs": paragraphs})
+        data.append({"title": f"Article_{a}{'_' + split if split else ''}", "paragraphs": paragraphs})
     return {"version": "1.1" if version == 1 else "v2.0", "data": data}
 
 
@@ -134,5 +137,6 @@ def write_squad_fixture(path: Path, version: int = 1, n_articles: int = 2, n_par
     """Write `squad_document(...)` as JSON to `path` (parents created); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(squad_document(version, n_articles, n_paragraphs, n_questions)), encoding="utf-8")
+    document = squad_document(version, n_articles, n_paragraphs, n_questions, split=path.stem)
+    path.write_text(json.dumps(document), encoding="utf-8")
     return path

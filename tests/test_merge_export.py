@@ -140,13 +140,22 @@ def test_cli_merge_light_head_writes_an_encoder_and_a_head(tiny_model_dir, tmp_p
 
 def test_cli_merge_refuses_a_non_empty_output_and_overwrites_on_request(tiny_model_dir, tmp_path, capsys) -> None:
     _, adapter = save_adapter(tiny_model_dir, tmp_path, "light_head")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    for flags in ([], ["--overwrite"]):  # a folder that is not a merged checkpoint is never written into
+        assert main(["merge", "--adapter", str(adapter), "--output", str(notes), *flags]) == 2
+        assert ("not empty" if not flags else "not an earlier merged checkpoint") in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
     out = tmp_path / "merged"
-    out.mkdir()
+    assert main(["merge", "--adapter", str(adapter), "--output", str(out)]) == 0
     (out / "notes.txt").write_text("keep me")
     assert main(["merge", "--adapter", str(adapter), "--output", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["merge", "--adapter", str(adapter), "--output", str(out), "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "keep me" and (out / "light_head.safetensors").is_file()
+    assert main(["merge", "--adapter", str(adapter), "--output", str(adapter), "--overwrite"]) == 2
+    assert "which the merged checkpoint is made from" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]  # no temporary folders left
 
 

@@ -17,7 +17,7 @@ def test_official_v1(tmp_path: Path) -> None:
     data = read_squad_file(write_squad_fixture(tmp_path / "dev-v1.1.json", 1), version=1)
     assert len(data) == 12 and data.features == squad_features()
     row = data[0]
-    assert row["id"] == "q0_0_0" and row["title"] == "Article_0"
+    assert row["id"] == "q0_0_0" and row["title"].startswith("Article_0")
     text, start = row["answers"]["text"][0], row["answers"]["answer_start"][0]
     assert row["context"][start : start + len(text)] == text
 

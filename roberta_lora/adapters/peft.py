@@ -142,7 +142,7 @@ def read_peft_adapter(directory: str | Path) -> tuple[dict[str, Any], dict[str, 
 
 def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = None,
                 task_type: str | None = None, label_names: Sequence[str] = (),
-                squad_version: int | None = None) -> LoraWrapperRoberta:
+                num_labels: int | None = None) -> LoraWrapperRoberta:
     """Build one of our models from a PEFT LoRA adapter trained on RobertaForSequenceClassification
     or RobertaForQuestionAnswering. Tensors the PEFT file does not hold (e.g. biases with
     bias="none") keep the base's values, exactly what PEFT uses.
@@ -151,9 +151,9 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         peft_dir: the PEFT adapter folder.
         model_id: the base (default: the adapter's base_model_name_or_path).
         task: the task name to record (e.g. "mnli").
-        task_type: "glue", "squad_v1" or "squad_v2" (default: from the PEFT task type and `squad_version`).
+        task_type: "glue", "squad_v1" or "squad_v2" (default: from the PEFT task type; SQuAD v1).
         label_names: class names in index order (their number must match the head's classes).
-        squad_version: 1 or 2 for a QUESTION_ANS adapter when `task_type` is not given (default 1).
+        num_labels: the task's number of outputs (1 = regression), checked against the head.
     """
     peft_config, raw = read_peft_adapter(peft_dir)
     tensors, ignored = {}, []
@@ -164,7 +164,7 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
             ignored.append(name)
         else:
             tensors[name] = tensor
-    task_type = _resolve_task_type(peft_config, squad_version, task_type)
+    task_type = _resolve_task_type(peft_config, task_type)
     targets, rank = _lora_layout(tensors, peft_config)
     alpha = float(peft_config.get("lora_alpha", rank))
     if peft_config.get("use_rslora"):
@@ -176,9 +176,10 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
     if task_type != "glue" and "qa_outputs.weight" not in tensors:
         raise AdapterError(f"{peft_dir} holds no qa_outputs weights; train it with task_type QUESTION_ANS")
     num_classes = tensors["classifier.out_proj.weight"].size(0) if task_type == "glue" else 2
-    if task_type == "glue" and label_names and len(label_names) != num_classes:
-        raise ConfigError(f"{peft_dir} has a {num_classes}-class head but the task {task or ''} has "
-                          f"{len(label_names)} labels {list(label_names)}; pass the task it was trained on")
+    expected = num_labels if num_labels is not None else (len(label_names) or None)
+    if task_type == "glue" and expected is not None and expected != num_classes:
+        raise ConfigError(f"{peft_dir} has a head with {num_classes} outputs but the task {task or ''} has {expected}; "
+                          "pass the task it was trained on (--task)")
     rest = [n for n in tensors if not _LORA_KEY.match(n) and not n.startswith(f"{head}.")]
     base = model_id or peft_config.get("base_model_name_or_path")
     if base is None:
@@ -195,7 +196,7 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
     return model.eval()
 
 
-def _resolve_task_type(peft_config: dict, squad_version: int | None, task_type: str | None) -> str:
+def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     peft_task = peft_config.get("task_type")
     if peft_config.get("peft_type") != "LORA":
         raise AdapterError(f"peft_type {peft_config.get('peft_type')!r} is not supported; only LoRA adapters import")
@@ -208,10 +209,10 @@ def _resolve_task_type(peft_config: dict, squad_version: int | None, task_type: 
         raise AdapterError(f"PEFT task_type {peft_task!r} is not supported; expected SEQ_CLS "
                            "(RobertaForSequenceClassification) or QUESTION_ANS (RobertaForQuestionAnswering)")
     if task_type is None:
-        version = squad_version or 1
-        task_type = "glue" if expected == "glue" else f"squad_v{version}"
+        task_type = "glue" if expected == "glue" else "squad_v1"
     if not task_type.startswith(expected):
-        raise ConfigError(f"task type {task_type!r} does not fit the PEFT task_type {peft_task!r}")
+        raise ConfigError(f"task type {task_type!r} (from --task / --task-type) does not fit the PEFT adapter, which was "
+                          f"trained with task_type {peft_task!r}; pass the task it was trained on")
     return task_type
 
 

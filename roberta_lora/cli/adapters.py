@@ -51,21 +51,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.set_defaults(handler=run_import_peft)
 
 
-def check_output(output: str, source: str, overwrite: bool, what: str) -> None:
-    """Refuse to write `what` into its own source folder, or over existing files without --overwrite."""
-    out, src = Path(output), Path(source)
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
-        raise ConfigError(f"--output {output} is the source folder itself; the {what} would replace the files it is "
-                          "made from: choose another --output")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"--output {output} exists and is not empty; choose a new --output or pass --overwrite")
+# What an earlier output of each command holds: --overwrite replaces only such a folder.
+OWN_FILES = {"merged checkpoint": "roberta_lora_merge.json", "PEFT adapter": "adapter_model.safetensors",
+             "converted adapter": "adapter.safetensors"}
+
+
+def check_output(output: str, sources: list[str | None], overwrite: bool, what: str) -> None:
+    """Refuse to write `what` into one of the folders it is made from (the adapter, its base), over existing
+    files without --overwrite, and even with it over a folder that is not an earlier output of this kind."""
+    out = Path(output)
+    if not out.exists():
+        return
+    for source in filter(None, sources):
+        if Path(source).exists() and out.resolve() == Path(source).resolve():
+            raise ConfigError(f"--output {output} is {source}, which the {what} is made from; it would replace those "
+                              "files: choose another --output")
+    if not out.is_dir():
+        raise ConfigError(f"--output {output} is a file; choose a folder name")
+    if any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--output {output} exists and is not empty; choose a new --output or pass --overwrite")
+        if not (out / OWN_FILES[what]).is_file():
+            raise ConfigError(f"--output {output} is not an earlier {what} (it has no {OWN_FILES[what]}), so "
+                              "--overwrite does not apply: choose a new --output")
+
+
+def _recorded_base(adapter: str) -> str | None:
+    from roberta_lora.model.config import read_adapter_config
+
+    return read_adapter_config(adapter)[0].base_model
 
 
 def run_merge(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.merge import export_merged
     from roberta_lora.model.wrapper import LoraWrapperRoberta
 
-    check_output(args.output, args.adapter, args.overwrite, "merged checkpoint")
+    base = args.model or _recorded_base(args.adapter)
+    check_output(args.output, [args.adapter, base], args.overwrite, "merged checkpoint")
     model = LoraWrapperRoberta.from_adapter(args.adapter, model_id=args.model,
                                             allow_base_mismatch=args.allow_base_mismatch)
     summary = export_merged(model, args.output, tokenizer_source=args.model or model.adapter_config.base_model,
@@ -95,7 +117,7 @@ def merge_difference(model: Any, directory: str) -> float:
 def run_export_peft(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.peft import export_peft
 
-    check_output(args.output, args.adapter, args.overwrite, "PEFT adapter")
+    check_output(args.output, [args.adapter, args.model or _recorded_base(args.adapter)], args.overwrite, "PEFT adapter")
     print_json(export_peft(args.adapter, args.output, base_model=args.model, overwrite=args.overwrite))
     return 0
 
@@ -103,11 +125,13 @@ def run_export_peft(args: argparse.Namespace) -> int:
 def run_import_peft(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.peft import import_peft
 
-    check_output(args.output, args.peft, args.overwrite, "converted adapter")
+    check_output(args.output, [args.peft, args.model], args.overwrite, "converted adapter")
     spec = load_task(args.task) if args.task else None
-    model = import_peft(args.peft, model_id=args.model, task=spec.name if spec else None, task_type=args.task_type,
+    task_type = args.task_type or (None if spec is None else "glue" if spec.kind != "squad"
+                                   else f"squad_v{spec.squad_version}")
+    model = import_peft(args.peft, model_id=args.model, task=spec.name if spec else None, task_type=task_type,
                         label_names=spec.label_names if spec else (),
-                        squad_version=spec.squad_version if spec else None)
+                        num_labels=spec.num_labels if spec and spec.kind != "squad" else None)
     model.save_adapter(args.output)
     config = model.adapter_config
     print_json({"output": args.output, "task_type": config.task_type, "num_classes": config.num_classes,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from roberta_lora.cli.output import print_json
 from roberta_lora.data.tasks import available_tasks, load_task
+from roberta_lora.errors import DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_data_info(args: argparse.Namespace) -> int:
     from roberta_lora.data.readers import data_info
 
-    print_json(data_info(load_task(args.task), args.data_dir))
+    if args.data_dir is not None and not Path(args.data_dir).exists():
+        raise DataError("no such file or folder; pass the data root with --data-dir (e.g. ../shared/data/glue)",
+                        args.data_dir)
+    info = data_info(load_task(args.task), args.data_dir)
+    print_json(info)
+    if info["missing"]:  # the JSON lists why; the exit code and one line tell a script or a person
+        where = f"--data-dir {args.data_dir}" if args.data_dir else "the hub (no --data-dir)"
+        print(f"roberta-lora data-info: error: {len(info['missing'])} of {len(info['missing']) + len(info['splits'])} "
+              f"splits of {info['task']} were not found in {where}: {', '.join(info['missing'])} "
+              "(see \"missing\" above)", file=sys.stderr)
+        return 1
     return 0
 
 

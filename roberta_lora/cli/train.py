@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--task", help="task name or TOML (default: the adapter's)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     evaluate.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples of each split")
-    evaluate.add_argument("--output", help="write metrics JSON here (and predictions next to it)")
+    evaluate.add_argument("--output", help="write the metrics JSON here, and prediction files to <name>-predictions/ beside it")
     evaluate.add_argument("--allow-base-mismatch", action="store_true",
                           help="evaluate even if the adapter was trained on another base (warns)")
     evaluate.add_argument("--null-score-diff-threshold", type=float, default=0.0,
@@ -146,9 +147,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from roberta_lora.fileio import atomic_write_text
 
     output = Path(args.output) if args.output else None
+    predictions = check_metrics_output(output) if output else None
     metrics = evaluate_adapter(args.adapter, data_dir=args.data_dir, model_id=args.model, task=args.task,
                                batch_size=args.batch_size, max_eval_samples=args.max_eval_samples,
-                               output_dir=output.parent / "predictions" if output else None,
+                               output_dir=predictions,
                                allow_base_mismatch=args.allow_base_mismatch,
                                null_score_diff_threshold=args.null_score_diff_threshold, cache_dir=args.cache_dir,
                                progress=not args.no_progress)
@@ -156,6 +158,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
         atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     print_json(metrics)
     return 0
+
+
+def check_metrics_output(output: Path) -> Path:
+    """`evaluate --output FILE`: a new file, or the metrics JSON of an earlier evaluate (never a data file or
+    a folder), checked before the evaluation runs; returns the predictions folder beside it."""
+    predictions = output.parent / f"{output.stem}-predictions"
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; pass a file name for the metrics JSON (e.g. metrics.json)")
+    if output.exists() and not _is_metrics_json(output):
+        raise ConfigError(f"--output {output} exists and is not a metrics file written by evaluate; choose a new "
+                          "file name (nothing was overwritten)")
+    if predictions.exists() and not output.exists():
+        raise ConfigError(f"{predictions} exists already; choose another --output name (its predictions go there)")
+    parent = next((p for p in output.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--output {output}: {parent} is not a writable folder; choose another path")
+    return predictions
+
+
+def _is_metrics_json(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(isinstance(v, (int, float)) for v in data.values())
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -176,8 +203,11 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_train_all(args: argparse.Namespace) -> int:
     from roberta_lora.training.train_all import train_all
 
-    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    methods = [m for m in args.methods.split(",") if m]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if tasks == []:
+        raise ConfigError(f"--tasks {args.tasks!r} names no task; pass a comma list such as --tasks sst2,rte, or leave "
+                          "it out for every GLUE task with data under --data-dir")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     table = train_all(tasks, methods, training_overrides(args), config_file=args.config,
                       output_dir=args.output_dir, progress=not args.no_progress)
     print(table.markdown)

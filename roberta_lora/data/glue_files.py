@@ -112,6 +112,10 @@ def read_text_file(path: str | Path) -> str:
     path = Path(path)
     data = path.read_bytes()
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    nul = data.find(b"\0")
+    if nul >= 0:  # text files hold no NUL bytes: this is binary data, or a file cut and padded by a crash
+        raise DataError(f"a NUL byte at offset {nul}: this is not a text file (binary data, or damaged); "
+                        "re-export it as UTF-8 text", str(path), data[:nul].count(b"\n") + 1)
     try:
         return data[bom:].decode("utf-8")
     except UnicodeDecodeError as err:

@@ -104,13 +104,24 @@ def check_local_files(spec: TaskSpec, data_dir: str | Path, splits: tuple[str, .
         DataError / ConfigError: as `resolve_local_file`, or naming the file two splits would share.
     """
     files = {split: resolve_local_file(spec, split, data_dir) for split in splits or spec.splits}
-    seen: dict[Path, str] = {}
-    for split, path in files.items():
-        first = seen.setdefault(path.resolve(), split)
-        if first != split:
-            raise DataError(f"the same file would serve as the {first!r} and the {split!r} split of {spec.name}; "
-                            f"pass a folder holding {_expected_files(spec)} so each split has its own file", str(path))
+    named = list(files.items())
+    for i, (split, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if _same_data(path, other_path):
+                raise DataError(
+                    f"holds the same data as the {other!r} file {other_path} (a link or a copy), so {spec.name}'s "
+                    f"{split!r} split would repeat its {other!r} split; pass a folder holding "
+                    f"{_expected_files(spec)} with each split's own file", str(path))
     return files
+
+
+def _same_data(a: Path, b: Path) -> bool:
+    """One file (a symlink or hard link) or two files with identical bytes."""
+    if os.path.samefile(a, b):
+        return True
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
 def read_local_file(spec: TaskSpec, path: str | Path) -> datasets.Dataset:

@@ -150,6 +150,15 @@ def _official_records(document: Any, path: Path) -> Iterator[_Record]:
                     need(answer, "text", str, f"{where_q}.answers[{i}]")
                     need(answer, "answer_start", int, f"{where_q}.answers[{i}]")
                 impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise DataError(f"{where_q}: is_impossible = {impossible!r:.40}; expected true or false "
+                                    "(a JSON boolean, not a string)", str(path))
+                if impossible is False and "is_impossible" in qa and not answers:
+                    raise DataError(
+                        f"{where_q} has is_impossible = false but no answers; give the answer span, or set "
+                        "is_impossible = true for an unanswerable question.",
+                        str(path),
+                    )
                 if impossible and answers:
                     raise DataError(
                         f"{where_q} has is_impossible = true but {len(answers)} answer(s); "

@@ -64,3 +64,11 @@ def check_max_length(max_length: int, model_config: Any, model_id: str) -> None:
     if max_length > limit:
         raise ConfigError(f"--max-length {max_length} is more than the {limit} tokens {model_id}'s position table "
                           f"holds; use --max-length {limit} or less")
+
+
+def check_vocabulary(tokenizer: Any, model_config: Any, model_id: str) -> None:
+    """The tokenizer may not produce ids past the model's embedding table (they would fail mid-training)."""
+    rows = getattr(model_config, "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ConfigError(f"the tokenizer in {model_id} has {len(tokenizer)} tokens but the model's embedding table "
+                          f"only {rows} rows; the tokenizer files belong to another model: copy the base's own")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from roberta_lora.data.readers import check_local_files
 from roberta_lora.data.task_data import EvalSplit, TaskData, eval_loader, load_task_data
 from roberta_lora.data.tasks import TaskSpec, load_task
-from roberta_lora.data.tokenizer import load_tokenizer
+from roberta_lora.data.tokenizer import check_vocabulary, load_tokenizer
 from roberta_lora.errors import ConfigError
 from roberta_lora.evaluation.metrics import compute_metrics
 from roberta_lora.evaluation.squad_metrics import (
@@ -152,6 +152,7 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
         check_local_files(spec, data_dir, spec.validation_splits)
     model = LoraWrapperRoberta.from_adapter(adapter_dir, model_id=model_id, allow_base_mismatch=allow_base_mismatch)
     tokenizer = load_tokenizer(str(model_id or config.base_model))
+    check_vocabulary(tokenizer, model.config, str(model_id or config.base_model))
     data = load_task_data(spec, tokenizer, data_dir, with_train=False, max_length=config.max_length,
                           doc_stride=config.doc_stride, max_eval_samples=max_eval_samples, cache_dir=cache_dir)
     # The model is not `prepare`d: accelerate would wrap its forward in the process's autocast (bf16 after

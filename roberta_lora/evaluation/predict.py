@@ -11,7 +11,7 @@ import torch
 
 from roberta_lora.data.squad_features import prepare_eval_features
 from roberta_lora.data.tasks import load_task
-from roberta_lora.data.tokenizer import load_tokenizer
+from roberta_lora.data.tokenizer import check_vocabulary, load_tokenizer
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 from roberta_lora.model.wrapper import LoraWrapperRoberta
@@ -33,6 +33,7 @@ class Predictor:
                                                      allow_base_mismatch=allow_base_mismatch).eval()
         config = self.model.adapter_config
         self.tokenizer = load_tokenizer(str(model_id or config.base_model))
+        check_vocabulary(self.tokenizer, self.model.config, str(model_id or config.base_model))
         self.batch_size = batch_size
         spec = None
         if config.task:
@@ -96,7 +97,14 @@ def read_input_file(path: str | Path) -> tuple[list[str], list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise DataError("input file does not exist; pass --input FILE with one example per line", str(path))
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                        "re-save the file as UTF-8", str(path)) from None
+    if not lines:
+        raise DataError("the input file holds no text; put one example per line (or JSON lines with \"text\")",
+                        str(path))
     if not path.suffix == ".jsonl":
         return lines, None
     texts, pairs = [], []
@@ -108,8 +116,10 @@ def read_input_file(path: str | Path) -> tuple[list[str], list[str] | None]:
         if not isinstance(row, dict):
             raise DataError('expected a JSON object like {"text": "...", "text_pair": "..."}', str(path), number)
         text = row.get("text", row.get("question"))
+        if text is None:
+            raise DataError(f'missing "text" (or "question"); keys present: {sorted(row)[:10]}', str(path), number)
         if not isinstance(text, str):
-            raise DataError(f'missing "text" (or "question"); keys present: {sorted(row)}', str(path), number)
+            raise DataError(f'"text" is a {type(text).__name__}, expected a string', str(path), number)
         texts.append(text)
         pairs.append(row.get("text_pair", row.get("context")))
     if all(p is None for p in pairs):

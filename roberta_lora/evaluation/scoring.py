@@ -33,6 +33,7 @@ def score_predictions(spec: TaskSpec, data: str | Path, predictions: str | Path,
     if spec.kind == "squad":
         dataset = load_squad_json_for_scoring(data)
         answers = _read_json_object(predictions, "predictions")
+        _check_some_ids_match(dataset, answers, predictions, data)
         if spec.squad_version == 2:
             probabilities = _read_json_object(na_probs, "no-answer probabilities") if na_probs else None
             return squad_v2_metrics(dataset, answers, na_probs=probabilities, na_prob_thresh=na_prob_thresh)
@@ -43,6 +44,16 @@ def score_predictions(spec: TaskSpec, data: str | Path, predictions: str | Path,
     references = np.asarray(gold[spec.label_column])
     predicted = _read_glue_predictions(Path(predictions), spec, len(references))
     return compute_metrics(spec.metrics, predicted, references)
+
+
+def _check_some_ids_match(dataset: Any, answers: dict[str, Any], predictions: str | Path, data: str | Path) -> None:
+    """Some predictions may be missing (the official scripts score them 0 and warn); none matching at all
+    means the predictions belong to another dataset, which would silently score 0."""
+    ids = {qa["id"] for article in dataset for paragraph in article["paragraphs"] for qa in paragraph["qas"]}
+    if answers and not ids & set(answers):
+        example = next(iter(answers))
+        raise DataError(f"none of its {len(answers)} question ids is in {data} (e.g. {example[:60]!r}); are the "
+                        "predictions for another dataset or split?", str(predictions))
 
 
 def _read_json_object(path: str | Path, what: str) -> dict[str, Any]:

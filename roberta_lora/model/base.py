@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import RobertaConfig, RobertaModel
 
 from roberta_lora.errors import ConfigError
@@ -34,9 +37,13 @@ def load_base_encoder(
     check_base_folder(str(model_id))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        encoder, info = RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False, output_loading_info=True,
-                                                     **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        with _quiet_transformers():  # its load report would bury our one-line error
+            encoder, info = RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False,
+                                                         output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
+        if "mismatched_sizes" in str(error):
+            raise ConfigError(f"the weights in {model_id} do not match its config.json (tensors of other shapes); "
+                              "is config.json, or the weights file, from another model?") from None
         # A truncated or foreign weights file fails inside transformers / safetensors with many error types.
         # os.path.isdir, not Path.is_dir: it returns False (no OSError) for names the OS refuses, e.g. too long.
         local_hint = "it is not a local directory" if not os.path.isdir(str(model_id)) else "the directory is incomplete"
@@ -55,6 +62,19 @@ def load_base_encoder(
             f"{len(mismatched)} of another shape, e.g. {shown}); is the weights file from another model?"
         )
     return encoder
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and load report off for a moment (errors still raise)."""
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity(transformers_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 def check_base_folder(model_id: str) -> None:

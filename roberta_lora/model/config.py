@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,9 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, str | Non
     directory = Path(directory)
     restore_interrupted_replace(directory)  # a save killed between its two renames (see fileio)
     path = directory / CONFIG_NAME
-    if not directory.is_dir():
+    if os.path.isfile(directory):
+        raise AdapterError(f"{directory} is a file, not an adapter folder; pass the folder that holds {CONFIG_NAME}")
+    if not os.path.isdir(directory):
         raise AdapterError(f"adapter directory {directory} does not exist; pass the folder that holds {CONFIG_NAME}")
     if not path.is_file():
         present = sorted(p.name for p in directory.iterdir())[:10]

@@ -39,9 +39,9 @@ def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, sc
     })
 
 
-def resume_from_checkpoint(run_dir: Path, accelerator: Any, model: Any, optimizer: Any,
+def resume_from_checkpoint(run_dir: Path, state: dict[str, Any], accelerator: Any, model: Any, optimizer: Any,
                            scheduler: Any) -> tuple[int, int, dict[str, Any], RunHistory]:
-    state = load_training_state(run_dir / "checkpoint")
+    """Put the checkpoint's tensors, optimizer, scheduler and RNG state (from `load_training_state`) back."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     live = dict(unwrapped.named_parameters())
     expected = {name: live[name] for name in unwrapped.trainable_state_dict()}
@@ -90,5 +90,14 @@ def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"cannot resume: {path} does not exist (the run has no finished epoch to resume from)")
     # weights_only: a checkpoint is data (tensors, numbers, lists); never run pickled code.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"cannot resume: the checkpoint {path} is damaged ({str(error).splitlines()[0][:200]}); "
+                          "start the run again with --overwrite, or from another --output-dir") from None
+    needed = {"epoch", "global_step", "best", "history", "tensors", "optimizer", "scheduler", "rng"}
+    if not isinstance(state, dict) or not needed <= set(state):
+        raise ConfigError(f"cannot resume: the checkpoint {path} is not a roberta-lora training state; start the "
+                          "run again with --overwrite")
+    return state
 

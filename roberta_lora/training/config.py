@@ -108,6 +108,9 @@ class TrainConfig:
         for name in ("max_length", "doc_stride", "max_steps", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and value >= 1), f"{name}={value!r}: expected an integer >= 1")
+        need(self.max_length is None or self.max_length >= MIN_MAX_LENGTH,
+             f"max_length={self.max_length!r}: expected at least {MIN_MAX_LENGTH} tokens (the special tokens of a "
+             "pair alone take 4)")
         need(self.learning_rate > 0, f"learning_rate={self.learning_rate!r}: expected > 0 (e.g. 5e-4)")
         need(0.0 <= self.warmup_ratio <= 1.0, f"warmup_ratio={self.warmup_ratio!r}: expected a share in [0, 1]")
         need(self.lora_alpha > 0, f"lora_alpha={self.lora_alpha!r}: expected > 0")
@@ -168,6 +171,8 @@ def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
+
+MIN_MAX_LENGTH = 8
 
 # Fields whose CLI flag is not "--" + the field name with dashes.
 FIELD_FLAGS = {"lora_rank": "--rank", "lora_alpha": "--alpha", "lora_dropout": "--dropout", "learning_rate": "--lr"}
@@ -243,6 +248,8 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a `--config FILE` TOML: any TrainConfig field, top level or in a [recipe] table."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; pass a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing TOML file to --config")
     try:

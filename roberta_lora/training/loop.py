@@ -26,14 +26,24 @@ from roberta_lora.adapters.warm_start import warm_start_from_adapter
 from roberta_lora.data.readers import check_local_files
 from roberta_lora.data.task_data import load_task_data, train_loader
 from roberta_lora.data.tasks import TaskSpec, load_task
-from roberta_lora.data.tokenizer import check_max_length, check_pair_structure, load_tokenizer
+from roberta_lora.data.tokenizer import (
+    check_max_length,
+    check_pair_structure,
+    check_vocabulary,
+    load_tokenizer,
+)
 from roberta_lora.errors import ConfigError, RobertaLoraError
 from roberta_lora.evaluation.evaluate import evaluate_task
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.model.quantization import check_qlora_options
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.runtime import check_compile_backend, compile_model, make_accelerator
-from roberta_lora.training.checkpoints import STATE_NAME, resume_from_checkpoint, save_checkpoint
+from roberta_lora.training.checkpoints import (
+    STATE_NAME,
+    load_training_state,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
 from roberta_lora.training.config import (
     TrainConfig,
     absolute_local_paths,
@@ -84,12 +94,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         if differences:
             raise ConfigError(f"--resume continues {run_dir} with the settings it was started with; these differ: "
                               + "; ".join(differences) + ". Leave them out, or start a new run with another --output-dir")
+    state_file = run_dir / "checkpoint" / STATE_NAME
+    resume_state = load_training_state(run_dir / "checkpoint") if config.resume and state_file.is_file() else None
     tokenizer, model = preflight(config, spec)
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum)  # refuses before any file is written
     lock = claim_run_folder(run_dir, config.overwrite) if accelerator.is_main_process else None
     log_handler = attach_log_file(run_dir, accelerator)
     try:
-        return _train(config, spec, run_dir, accelerator, progress, tokenizer, model)
+        return _train(config, spec, run_dir, accelerator, progress, tokenizer, model, resume_state)
     finally:
         logging.getLogger("roberta_lora").removeHandler(log_handler)
         log_handler.close()
@@ -109,11 +121,12 @@ def preflight(config: TrainConfig, spec: TaskSpec) -> tuple[Any, LoraWrapperRobe
     set_seed(config.seed)
     model = build_model(config, spec)
     check_max_length(config.max_length or spec.max_length, model.config, config.model)
+    check_vocabulary(tokenizer, model.config, config.model)
     return tokenizer, model
 
 
 def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Accelerator, progress: bool,
-           tokenizer: Any, model: LoraWrapperRoberta) -> TrainResult:
+           tokenizer: Any, model: LoraWrapperRoberta, resume_state: dict[str, Any] | None) -> TrainResult:
     started = time.perf_counter()
     data = load_task_data(
         spec, tokenizer, config.data_dir, max_length=config.max_length, doc_stride=config.doc_stride,
@@ -144,11 +157,11 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
         write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
 
     history, start_epoch, global_step, best = RunHistory(), 0, 0, {"epoch": -1, "value": None, "metrics": {}}
-    if config.resume and not (run_dir / "checkpoint" / STATE_NAME).exists():
+    if config.resume and resume_state is None:
         logger.warning("%s has no finished epoch to resume from; starting from the beginning", run_dir)
-    elif config.resume:
-        start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, accelerator, model, optimizer,
-                                                                         scheduler)
+    elif resume_state is not None:
+        start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, resume_state, accelerator, model,
+                                                                         optimizer, scheduler)
     metrics = epoch_metrics(history.epochs[-1]) if history.epochs else {}
     for epoch in range(start_epoch, epochs):
         # Through the prepared loader: accelerate re-sets the sampler's epoch from its own

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.data.readers import check_local_files, resolve_local_file
+from roberta_lora.data.readers import check_local_files, load_split, resolve_local_file
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.fileio import atomic_write_text
+from roberta_lora.hub import hub_reachable
 from roberta_lora.model.config import adapter_size_bytes
 from roberta_lora.training.config import resolve_train_config
 from roberta_lora.training.loop import train
-from roberta_lora.training.rundir import check_run_folder
+from roberta_lora.training.rundir import check_run_folder, is_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,15 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
     tasks = tasks or tasks_with_data(overrides.get("data_dir"))
     if not tasks:
         raise ConfigError(f"no task has its files under {overrides.get('data_dir')}; pass --tasks or fix --data-dir")
+    if not methods:
+        raise ConfigError("--methods is empty; pass a comma list of lora, head, full (e.g. --methods lora)")
     root = Path(output_dir or Path("outputs") / f"train-all-{time.strftime('%Y%m%d-%H%M%S')}")
-    # Every task, method, setting and data path is checked before the first training starts: a typo in
-    # the last task must not surface hours later.
+    check_results_folder(root)
+    if overrides.get("data_dir") is None and not hub_reachable():
+        raise ConfigError("train-all without --data-dir reads the tasks from the Hugging Face hub, which is not "
+                          "reachable (offline?); pass --data-dir (e.g. ../shared/data/glue)")
+    # Every task, method, setting, data file and run folder is checked before the first training starts:
+    # a typo or a bad label in the last task must not surface hours later.
     plan = []
     for task in tasks:
         spec = load_task(task)
@@ -72,10 +79,12 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
                 spec, {**overrides, "task": task, "method": method, "output_dir": str(root / f"{spec.name}-{method}")},
                 config_file,
             )
-            if config.data_dir is not None:
-                check_local_files(spec, config.data_dir)
             check_run_folder(Path(config.output_dir), config.resume, config.overwrite)
             plan.append((spec, method, config))
+        if overrides.get("data_dir") is not None:
+            check_local_files(spec, overrides["data_dir"])
+            for split in spec.splits:  # reads and validates every row (fast: no tokenization)
+                load_split(spec, split, overrides["data_dir"])
     rows = []
     for spec, method, config in plan:
         logger.info("train-all: %s with %s", spec.name, method)
@@ -91,6 +100,20 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
     atomic_write_text(root / "results.md", markdown)
     atomic_write_text(root / "results.csv", render_csv(rows))
     return ResultsTable(rows, markdown, root / "results.md", root / "results.csv")
+
+
+def check_results_folder(root: Path) -> None:
+    """train-all writes into a new folder, an empty one, or one of its own (it holds results.md or
+    <task>-<method> runs); never into another folder."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--output-dir {root} is a file; choose a folder name")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    ours = (root / "results.md").is_file() or any(is_run_folder(p) for p in root.iterdir() if p.is_dir())
+    if not ours:
+        held = sorted(p.name for p in root.iterdir())[:5]
+        raise ConfigError(f"--output-dir {root} already holds files that are not train-all results ({held}); "
+                          "choose a new --output-dir")
 
 
 def render_markdown(rows: list[dict[str, Any]], methods: list[str]) -> str:
