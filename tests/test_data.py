@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import gc
 import logging
 from pathlib import Path
 
@@ -189,6 +190,33 @@ def test_second_call_loads_from_cache(tmp_path: Path, tiny_tokenizer, cache_dir:
     assert len(entries) == 1 and not entries[0].startswith(".")  # the temporary folder was renamed
     tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer, 32, cache_dir)
     assert calls and len(list(cache_dir.iterdir())) == 2  # another max_length is another entry
+
+
+@pytest.mark.parametrize("damage", ["truncated-arrow", "no-dataset-info", "garbage-state"])
+def test_a_damaged_cache_entry_is_rebuilt_and_logged(tmp_path: Path, tiny_tokenizer, cache_dir: Path, damage: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    write_glue_fixture(tmp_path, "mrpc")
+    spec = load_task("mrpc")
+    expected = tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer,
+                                       cache_dir=cache_dir).to_list()
+    gc.collect()  # the entry was memory-mapped: drop that map before damaging the file under it
+    (entry,) = cache_dir.iterdir()
+    if damage == "truncated-arrow":
+        arrow = next(entry.glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[:40])
+    elif damage == "no-dataset-info":
+        (entry / "dataset_info.json").unlink()
+    else:
+        (entry / "state.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="roberta_lora.data.readers"):
+        again = tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer, cache_dir=cache_dir)
+    assert "is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert again.to_list() == expected
+    # Rebuilt in place: the next call reads the repaired entry without a warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="roberta_lora.data.readers"):
+        tokenize_classification(load_split(spec, "train", tmp_path), spec, tiny_tokenizer, cache_dir=cache_dir)
+    assert "damaged" not in caplog.text
 
 
 def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
