@@ -21,3 +21,5 @@ QUANTIZE = ("none", "4bit", "8bit")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Experiment trackers (through accelerate); each needs its own package.
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")

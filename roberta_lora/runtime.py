@@ -8,8 +8,10 @@ message when it is not, because accelerate cannot change the precision of a runn
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +20,13 @@ from accelerate.state import AcceleratorState, is_initialized
 
 from roberta_lora.errors import ConfigError
 
+# accelerate's tracker name -> the package it needs.
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                   "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
 
-def make_accelerator(mixed_precision: str | None = "no", grad_accum: int = 1) -> Accelerator:
+
+def make_accelerator(mixed_precision: str | None = "no", grad_accum: int = 1, log_with: str = "none",
+                     project_dir: str | Path | None = None) -> Accelerator:
     """The one place an Accelerator is made (training, `evaluate_adapter`).
 
     Args:
@@ -27,6 +34,8 @@ def make_accelerator(mixed_precision: str | None = "no", grad_accum: int = 1) ->
             new process) for callers that never let accelerate autocast (evaluation does not `prepare`
             its model, so it always computes in the model's own precision).
         grad_accum: gradient accumulation steps (accelerate updates these for a running process).
+        log_with: an experiment tracker accelerate supports ("tensorboard", "wandb", ...) or "none".
+        project_dir: where file-based trackers (TensorBoard) write: the run folder.
 
     Raises:
         ConfigError: fp16 without CUDA, or a precision other than the one this process already uses.
@@ -46,8 +55,19 @@ def make_accelerator(mixed_precision: str | None = "no", grad_accum: int = 1) ->
             )
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then runs N gloo
     # processes on the CPU (accelerate only picks its MULTI_CPU mode when told the run is on CPU).
+    trackers = {} if log_with == "none" else {"log_with": log_with, "project_dir": str(project_dir) if project_dir else None}
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available(), **trackers)
+
+
+def check_tracker(name: str) -> None:
+    """Fail before any work when `--report-to NAME` needs a package that is not installed."""
+    if name == "none":
+        return
+    module = TRACKER_MODULES.get(name, name)
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"--report-to {name} needs the {module} package, which is not installed; "
+                          f"pip install {module} (TensorBoard: pip install -e '.[tracking]'), or leave --report-to out")
 
 
 def check_compile_backend(backend: str) -> None:

@@ -8,7 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from roberta_lora.choices import COMPILE_BACKENDS, HEAD_KINDS, METHODS, MIXED_PRECISION, OPTIMIZERS, QUANTIZE
+from roberta_lora.choices import (
+    COMPILE_BACKENDS,
+    HEAD_KINDS,
+    METHODS,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    QUANTIZE,
+    TRACKERS,
+)
 from roberta_lora.cli.output import print_json, silence_progress_bars
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
@@ -60,6 +68,12 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--torch-compile-backend", choices=COMPILE_BACKENDS, help="compile backend (default inductor)")
     parser.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
     parser.add_argument("--config", help="TOML file overriding the task's recipe and any setting above")
+    parser.add_argument("--recipe", help="named recipe: tutorial (the task file's, default), lora-paper-base, "
+                        "lora-paper-large, or a recipe TOML path (see recipes/README.md)")
+    parser.add_argument("--seeds", type=seed_list, help="comma list of seeds (e.g. 0,1,2,3,4): one run per seed in "
+                        "<output-dir>/seed-<n>/ and a summary (median, mean, std, min, max at each best epoch)")
+    parser.add_argument("--report-to", choices=TRACKERS, help="log loss, learning rate and validation metrics to "
+                        "an experiment tracker (tensorboard: files in the run folder; default none)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,10 +127,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_all.set_defaults(handler=run_train_all)
 
 
+def seed_list(text: str) -> list[int]:
+    """argparse type of --seeds: "0,1,2" -> [0, 1, 2] (distinct integers in numpy's seed range)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2**32 for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds in [0, 2**32), got {text!r}")
+    return seeds
+
+
 def training_overrides(args: argparse.Namespace) -> dict:
     """The flags the user actually gave, as TrainConfig fields (None = not given)."""
     skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir",
-            "overwrite"}
+            "overwrite", "seeds", "grid", "optuna"}
     return {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in skip and v is not None}
 
 
@@ -133,6 +158,14 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = resolve_train_config(load_task(args.task), {**overrides, "task": args.task,
                                                              "output_dir": args.output_dir}, args.config)
+    if args.seeds is not None:
+        if args.seed is not None or args.resume:
+            raise ConfigError("--seeds runs one training per seed into <output-dir>/seed-<n>/ (finished seeds are "
+                              "kept, interrupted ones resumed); it does not go with --seed or --resume")
+        from roberta_lora.training.seeds import train_seeds
+
+        print_json(train_seeds(config, args.seeds, progress=not args.no_progress))
+        return 0
     from roberta_lora.training.loop import train  # torch: only once the arguments are known to be sound
 
     result = train(config, progress=not args.no_progress)
@@ -208,8 +241,10 @@ def run_train_all(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tasks {args.tasks!r} names no task; pass a comma list such as --tasks sst2,rte, or leave "
                           "it out for every GLUE task with data under --data-dir")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.no_progress:
+        silence_progress_bars()
     table = train_all(tasks, methods, training_overrides(args), config_file=args.config,
-                      output_dir=args.output_dir, progress=not args.no_progress)
+                      output_dir=args.output_dir, progress=not args.no_progress, seeds=args.seeds)
     print(table.markdown)
     print(f"\nwritten: {table.markdown_path} and {table.csv_path}")
     return 0

@@ -97,21 +97,20 @@ def resolve_local_file(spec: TaskSpec, split: str, data_dir: str | Path) -> Path
 
 
 def check_local_files(spec: TaskSpec, data_dir: str | Path, splits: tuple[str, ...] | None = None) -> dict[str, Path]:
-    """Every split's local file, found before any work starts; two splits may not share one file
-    (metrics measured on the training data would look like validation results).
+    """Every split's local file, found before any work starts; a validation split may not be the train
+    file, a link to it or a copy of it (metrics measured on the training data would look like validation).
 
     Raises:
         DataError / ConfigError: as `resolve_local_file`, or naming the file two splits would share.
     """
     files = {split: resolve_local_file(spec, split, data_dir) for split in splits or spec.splits}
-    named = list(files.items())
-    for i, (split, path) in enumerate(named):
-        for other, other_path in named[:i]:
-            if _same_data(path, other_path):
-                raise DataError(
-                    f"holds the same data as the {other!r} file {other_path} (a link or a copy), so {spec.name}'s "
-                    f"{split!r} split would repeat its {other!r} split; pass a folder holding "
-                    f"{_expected_files(spec)} with each split's own file", str(path))
+    train = files.get("train")
+    for split, path in files.items():
+        if train is not None and split != "train" and _same_data(path, train):
+            raise DataError(
+                f"holds the same data as the train file {train} (a link or a copy), so {spec.name}'s {split!r} "
+                f"metrics would be measured on training data; pass a folder holding {_expected_files(spec)} with "
+                "each split's own file", str(path))
     return files
 
 

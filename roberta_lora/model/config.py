@@ -232,6 +232,12 @@ def _check_recorded_alpha(config: AdapterConfig, weights: Path, config_path: Pat
         )
 
 
+def adapter_parameter_count(directory: str | Path) -> int:
+    """How many numbers an adapter holds (= what trained), read from its tensors file's header."""
+    header = read_safetensors_header(Path(directory) / WEIGHTS_NAME)
+    return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+
+
 def adapter_size_bytes(directory: str | Path) -> int:
     """Size on disk of an adapter folder's tensor and config files."""
     directory = Path(directory)

@@ -23,7 +23,9 @@ from roberta_lora.choices import (
     MIXED_PRECISION,
     OPTIMIZERS,
     QUANTIZE,
+    TRACKERS,
 )
+from roberta_lora.data.recipes import DEFAULT_RECIPE, load_recipe
 from roberta_lora.data.tasks import Recipe, TaskSpec
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.targets import resolve_targets
@@ -40,6 +42,7 @@ class TrainConfig:
     """One training run. Recipe fields (rank ... seed) default to the task file's recipe."""
 
     task: str = "sst2"  # task name (tasks/<name>.toml) or a path to a task TOML
+    recipe: str = "tutorial"  # the task file's own [recipe], or a named recipe (recipes/<name>.toml) or its path
     model: str = "roberta-base"  # hub id or local checkpoint directory
     data_dir: str | None = None  # local data root (GLUE layout / squad JSON); None = the hub
     output_dir: str | None = None  # the run directory; default outputs/<task>/<timestamp>-<method>
@@ -84,6 +87,7 @@ class TrainConfig:
     cache_dir: str | None = None  # tokenized-data cache; None = ~/.cache/roberta_lora
     torch_compile: bool = False  # torch.compile the model (pays off on GPU; the first steps compile)
     torch_compile_backend: str = "inductor"  # inductor | aot_eager | eager (the last two: for debugging)
+    report_to: str = "none"  # an experiment tracker accelerate supports: tensorboard, wandb, mlflow, ... (none)
 
     def validate(self) -> None:
         """Raise one ConfigError listing every invalid setting (wrong types first: `"5e-4"`, `true`)."""
@@ -100,6 +104,7 @@ class TrainConfig:
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: expected {list(MIXED_PRECISION)}")
         need(self.quantize in QUANTIZE, f"quantize={self.quantize!r}: expected one of {list(QUANTIZE)}")
         need(self.optim in OPTIMIZERS, f"optim={self.optim!r}: expected one of {list(OPTIMIZERS)}")
+        need(self.report_to in TRACKERS, f"report_to={self.report_to!r}: expected one of {list(TRACKERS)}")
         need(self.torch_compile_backend in COMPILE_BACKENDS,
              f"torch_compile_backend={self.torch_compile_backend!r}: expected one of {list(COMPILE_BACKENDS)}")
         for name in ("lora_rank", "batch_size", "epochs", "grad_accum", "eval_batch_size"):
@@ -184,7 +189,7 @@ def flag_of(field_name: str) -> str:
 
 
 # Settings a resumed run may change: they cannot change its results.
-RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir")
+RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir", "report_to")
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
@@ -267,15 +272,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_train_config(spec: TaskSpec, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults < task recipe < config file < overrides (None values in `overrides` mean "not given")."""
+    """Defaults < the task file's [recipe] < a named recipe (`recipe` in the overrides or the config file)
+    < config file < overrides (None values in `overrides` mean "not given")."""
     values: dict[str, Any] = {name: getattr(spec.recipe, name) for name in RECIPE_FIELDS if name in CONFIG_FIELDS}
-    if config_file is not None:
-        values.update(read_config_file(config_file))
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    recipe_name = overrides.get("recipe") or from_file.get("recipe") or DEFAULT_RECIPE
+    recipe = load_recipe(recipe_name)
+    if recipe is not None:
+        values.update(recipe.for_task(spec.name))
+    values.update(from_file)
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigError(f"unknown training setting(s) {unknown}; allowed: {sorted(CONFIG_FIELDS)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["task"] = overrides.get("task") or spec.name
+    values["recipe"] = recipe.name if recipe is not None else DEFAULT_RECIPE
     try:
         config = TrainConfig(**values)
     except TypeError as error:  # pragma: no cover - guarded by the unknown-key checks above

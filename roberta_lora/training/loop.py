@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from roberta_lora.evaluation.evaluate import evaluate_task
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.model.quantization import check_qlora_options
 from roberta_lora.model.wrapper import LoraWrapperRoberta
-from roberta_lora.runtime import check_compile_backend, compile_model, make_accelerator
+from roberta_lora.runtime import check_compile_backend, check_tracker, compile_model, make_accelerator
 from roberta_lora.training.checkpoints import (
     STATE_NAME,
     load_training_state,
@@ -72,12 +73,19 @@ class TrainResult:
     seconds: float
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def train(config: TrainConfig, progress: bool = True, on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train one adapter as `config` says and write everything under its run folder.
 
     Everything that can be checked is checked before the run folder is touched: settings, the run
     folder itself (see `training.rundir`), a resumed run's saved settings, the model folder, its
     tokenizer, the sequence length and the data files.
+
+    Args:
+        on_epoch_end: called with (epoch, validation metrics) after each epoch's checkpoint is written;
+            an exception it raises stops the run there (a sweep's pruner does this), resumable.
     """
     config.validate()
     absolute_local_paths(config)
@@ -97,11 +105,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     state_file = run_dir / "checkpoint" / STATE_NAME
     resume_state = load_training_state(run_dir / "checkpoint") if config.resume and state_file.is_file() else None
     tokenizer, model = preflight(config, spec)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)  # refuses before any file is written
+    check_tracker(config.report_to)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum,  # refuses before any file is written
+                                   log_with=config.report_to, project_dir=run_dir)
     lock = claim_run_folder(run_dir, config.overwrite) if accelerator.is_main_process else None
     log_handler = attach_log_file(run_dir, accelerator)
     try:
-        return _train(config, spec, run_dir, accelerator, progress, tokenizer, model, resume_state)
+        return _train(config, spec, run_dir, accelerator, progress, tokenizer, model, resume_state, on_epoch_end)
     finally:
         logging.getLogger("roberta_lora").removeHandler(log_handler)
         log_handler.close()
@@ -126,7 +136,8 @@ def preflight(config: TrainConfig, spec: TaskSpec) -> tuple[Any, LoraWrapperRobe
 
 
 def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Accelerator, progress: bool,
-           tokenizer: Any, model: LoraWrapperRoberta, resume_state: dict[str, Any] | None) -> TrainResult:
+           tokenizer: Any, model: LoraWrapperRoberta, resume_state: dict[str, Any] | None,
+           on_epoch_end: EpochCallback | None) -> TrainResult:
     started = time.perf_counter()
     data = load_task_data(
         spec, tokenizer, config.data_dir, max_length=config.max_length, doc_stride=config.doc_stride,
@@ -153,6 +164,9 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     epochs = min(config.epochs, math.ceil(total_steps / steps_per_epoch))
     # Not prepared by accelerate: we step it once per optimizer step ourselves, on every process.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    if config.report_to != "none":  # trackers get the run's settings (flat, numbers and strings only)
+        accelerator.init_trackers(run_dir.name, config={k: v for k, v in asdict(config).items()
+                                                        if isinstance(v, (int, float, str, bool))})
     if not config.resume:  # a resumed run keeps the config.json it was started with
         write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
 
@@ -200,6 +214,9 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
                 global_step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.losses[-1]:.4f}", lr=f"{history.learning_rates[-1]:.2e}")
+                if config.report_to != "none":
+                    accelerator.log({"train/loss": history.losses[-1], "train/learning_rate": history.learning_rates[-1]},
+                                    step=global_step)
                 if global_step >= total_steps:
                     break
         bar.close()
@@ -216,6 +233,9 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
                   **{f"eval_{k}": v for k, v in metrics.items()}}
         history.epochs.append(record)
         logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        if config.report_to != "none":
+            accelerator.log({"train/epoch_loss": record["train_loss"], **{f"eval/{k}": v for k, v in metrics.items()}},
+                            step=global_step)
         value = metrics[spec.main_metric]
         improved = best["value"] is None or value > best["value"]
         if improved:
@@ -227,12 +247,16 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
             plot_curves(run_dir / "curves.png", history, spec.main_metric)
             save_checkpoint(run_dir, unwrapped, optimizer, scheduler, epoch + 1, global_step, best, history)
         accelerator.wait_for_everyone()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics)
         if global_step >= total_steps:
             break
 
     if accelerator.is_main_process:
         save_adapter_with_card(unwrapped, run_dir / "adapter", spec, config, metrics, len(history.epochs))
     accelerator.wait_for_everyone()
+    if config.report_to != "none":
+        accelerator.end_training()
     return TrainResult(run_dir, metrics, best["metrics"], best["epoch"], trainable, total,
                        time.perf_counter() - started)
 

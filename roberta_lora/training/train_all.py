@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from roberta_lora.data.readers import check_local_files, load_split, resolve_local_file
+from roberta_lora.data.recipes import DEFAULT_RECIPE, NamedRecipe, load_recipe
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.hub import hub_reachable
-from roberta_lora.model.config import adapter_size_bytes
+from roberta_lora.model.config import adapter_parameter_count, adapter_size_bytes
 from roberta_lora.training.config import resolve_train_config
 from roberta_lora.training.loop import train
 from roberta_lora.training.rundir import check_run_folder, is_run_folder
+from roberta_lora.training.seeds import check_seed_group, train_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +59,18 @@ def tasks_with_data(data_dir: str | None) -> list[str]:
 
 
 def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, Any], config_file: str | None = None,
-              output_dir: str | None = None, progress: bool = True) -> ResultsTable:
-    """Train every (task, method) pair in turn and write results.md and results.csv under output_dir."""
+              output_dir: str | None = None, progress: bool = True, seeds: list[int] | None = None) -> ResultsTable:
+    """Train every (task, method) pair in turn and write results.md and results.csv under output_dir.
+
+    With a recipe that warm-starts tasks from another task's adapter (the LoRA paper's MRPC, RTE and
+    STS-B from MNLI), the source task trains first and each run starts from its `best/` adapter of the
+    same seed and method. With `seeds`, each (task, method) is a seed group (`<task>-<method>/seed-<n>/`)
+    and its table row shows the seeds' medians at their best epochs.
+    """
+    recipe = load_recipe(overrides.get("recipe") or DEFAULT_RECIPE)
     tasks = tasks or tasks_with_data(overrides.get("data_dir"))
+    if recipe is not None and tasks:
+        tasks = chain_warm_starts(tasks, recipe)
     if not tasks:
         raise ConfigError(f"no task has its files under {overrides.get('data_dir')}; pass --tasks or fix --data-dir")
     if not methods:
@@ -79,27 +90,62 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
                 spec, {**overrides, "task": task, "method": method, "output_dir": str(root / f"{spec.name}-{method}")},
                 config_file,
             )
-            check_run_folder(Path(config.output_dir), config.resume, config.overwrite)
-            plan.append((spec, method, config))
+            if seeds:
+                check_seed_group(Path(config.output_dir))
+            else:
+                check_run_folder(Path(config.output_dir), config.resume, config.overwrite)
+            source = recipe.warm_start_from(spec.name) if recipe is not None else None
+            plan.append((spec, method, config, source))
         if overrides.get("data_dir") is not None:
             check_local_files(spec, overrides["data_dir"])
             for split in spec.splits:  # reads and validates every row (fast: no tokenization)
                 load_split(spec, split, overrides["data_dir"])
     rows = []
-    for spec, method, config in plan:
-        logger.info("train-all: %s with %s", spec.name, method)
-        result = train(config, progress=progress)
+    for spec, method, config, source in plan:
+        logger.info("train-all: %s with %s%s", spec.name, method, f" (warm start from {source})" if source else "")
+        started = time.perf_counter()
+        source_dir = root / f"{source}-{method}" if source else None
+        if seeds:
+            warm = {seed: str(source_dir / f"seed-{seed}" / "best") for seed in seeds} if source_dir else None
+            summary = train_seeds(config, seeds, progress=progress, init_from=warm)
+            metrics = {name: s["median"] for name, s in summary["statistics"].items()}
+            run_dir = Path(config.output_dir) / f"seed-{seeds[0]}"
+        else:
+            if source_dir:
+                config.init_from = str(source_dir / "best")
+            result = train(config, progress=progress)
+            metrics, run_dir = result.metrics, result.run_dir
+        adapter = run_dir / "adapter"
         rows.append({
             "task": spec.name, "method": method, "main_metric": spec.main_metric,
-            "task_score": sum(result.metrics.values()) / len(result.metrics), **result.metrics,
-            "trainable_parameters": result.trainable_parameters,
-            "adapter_bytes": adapter_size_bytes(result.run_dir / "adapter"),
-            "wall_seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
+            "task_score": sum(metrics.values()) / len(metrics), **metrics,
+            "trainable_parameters": adapter_parameter_count(adapter), "adapter_bytes": adapter_size_bytes(adapter),
+            "wall_seconds": round(time.perf_counter() - started, 1), "run_dir": str(config.output_dir),
         })
     markdown = render_markdown(rows, methods)
     atomic_write_text(root / "results.md", markdown)
     atomic_write_text(root / "results.csv", render_csv(rows))
     return ResultsTable(rows, markdown, root / "results.md", root / "results.csv")
+
+
+def chain_warm_starts(tasks: list[str], recipe: NamedRecipe) -> list[str]:
+    """`tasks` ordered so each warm-start source trains before the tasks that start from it (the source
+    is added when missing: RTE in the paper recipe needs MNLI)."""
+    ordered: list[str] = []
+
+    def visit(task: str, path: tuple[str, ...]) -> None:
+        if task in ordered:
+            return
+        if task in path:
+            raise ConfigError(f"recipe {recipe.name!r} warm-starts in a circle: {' -> '.join((*path, task))}")
+        source = recipe.warm_start_from(task)
+        if source:
+            visit(source, (*path, task))
+        ordered.append(task)
+
+    for task in tasks:
+        visit(load_task(task).name, ())
+    return ordered
 
 
 def check_results_folder(root: Path) -> None:
@@ -109,7 +155,8 @@ def check_results_folder(root: Path) -> None:
         raise ConfigError(f"--output-dir {root} is a file; choose a folder name")
     if not root.is_dir() or not any(root.iterdir()):
         return
-    ours = (root / "results.md").is_file() or any(is_run_folder(p) for p in root.iterdir() if p.is_dir())
+    ours = (root / "results.md").is_file() or any(
+        is_run_folder(p) or (p / "summary.json").is_file() or any(p.glob("seed-*")) for p in root.iterdir() if p.is_dir())
     if not ours:
         held = sorted(p.name for p in root.iterdir())[:5]
         raise ConfigError(f"--output-dir {root} already holds files that are not train-all results ({held}); "

@@ -1,0 +1,55 @@
+"""CLI: `sweep` (a grid or Optuna's sampler over ordinary runs, several seeds each)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from roberta_lora.cli.output import silence_progress_bars
+from roberta_lora.cli.train import add_training_flags, training_overrides
+from roberta_lora.data.tasks import load_task
+from roberta_lora.errors import ConfigError
+from roberta_lora.training.config import resolve_train_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sweep = subparsers.add_parser(
+        "sweep", help="train a grid (or Optuna trials) of settings, several seeds each, and rank them",
+        description="Every trial is an ordinary run in <output-dir>/trial-<k>/seed-<n>/: a sweep started again "
+                    "skips finished seeds and resumes interrupted ones. The table ranks trials by the median of "
+                    "the task's main metric over the seeds, each at its best epoch.",
+    )
+    sweep.add_argument("--task", required=True, help="task name (sst2, rte, ...) or a task TOML file")
+    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                       help="a setting and its values, e.g. --grid lr=1e-4,5e-4 --grid rank=4,8 (repeatable)")
+    sweep.add_argument("--optuna", type=int, metavar="N",
+                       help="N trials of Optuna's sampler over the grid's values, pruned after each epoch, "
+                            "instead of every combination (needs optuna: pip install -e '.[sweep]')")
+    sweep.add_argument("--output-dir", help="sweep folder (default outputs/sweeps/<task>-<timestamp>)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_flags(sweep)
+    sweep.set_defaults(handler=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from roberta_lora.training.sweep import grid_sweep, optuna_sweep, parse_grid
+
+    if args.no_progress:
+        silence_progress_bars()
+    if args.optuna is not None and args.optuna < 1:
+        raise ConfigError(f"--optuna {args.optuna}: expected a number of trials >= 1")
+    grid = parse_grid(args.grid)
+    spec = load_task(args.task)
+    root = Path(args.output_dir or Path("outputs") / "sweeps" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    base = resolve_train_config(spec, {**training_overrides(args), "task": args.task, "output_dir": str(root)},
+                                args.config)
+    seeds = args.seeds or [base.seed]
+    progress = not args.no_progress
+    if args.optuna:
+        rows = optuna_sweep(base, grid, seeds, root, args.optuna, progress=progress)
+    else:
+        rows = grid_sweep(base, grid, seeds, root, progress=progress)
+    print((root / "sweep.md").read_text())
+    print(f"written: {root / 'sweep.md'} and {root / 'sweep.csv'} ({len(rows)} trials)")
+    return 0
