@@ -13,10 +13,8 @@ continues: finished seeds are kept and interrupted ones resumed. `--dry-run` sto
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
