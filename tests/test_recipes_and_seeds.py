@@ -100,13 +100,17 @@ def test_train_all_chains_warm_starts_per_seed_and_logs_to_tensorboard(tiny_mode
                  "--max-steps", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
                  "--report-to", "tensorboard"])
     assert code == 0, capsys.readouterr().err
-    table = (root / "results.md").read_text()
+    table = (root / "train-all.md").read_text()
     assert table.index("| mnli |") < table.index("| rte |")  # the source was added and trained first
     for seed in (0, 1):
         rte = json.loads((root / f"rte-lora/seed-{seed}/config.json").read_text())
         assert rte["init_from"] == str((root / f"mnli-lora/seed-{seed}/best").resolve())
         assert rte["recipe"] == "tiny-chain" and rte["learning_rate"] == 2e-3 and rte["seed"] == seed
     assert json.loads((root / "rte-lora/summary.json").read_text())["seeds"] == [0, 1]
+    capsys.readouterr()
+    assert main(["report", str(root)]) == 0  # the report goes beside train-all's own table
+    assert {"results.md", "results.csv", "results.png", "train-all.md"} <= {p.name for p in root.iterdir()}
+    assert "| rte |" in capsys.readouterr().out
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -167,9 +167,9 @@ def test_head_and_full_methods_and_train_all_table(tiny_model_dir, glue_dir, tmp
                  "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "16", "--output-dir",
                  str(tmp_path / "all"), "--no-progress", "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
-    table = (tmp_path / "all/results.md").read_text()
+    table = (tmp_path / "all/train-all.md").read_text()
     assert "| task | lora | head | full |" in table and "**GLUE average**" in table
-    rows = (tmp_path / "all/results.csv").read_text().splitlines()
+    rows = (tmp_path / "all/train-all.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 and rows[0].startswith("task,method,main_metric,task_score")
     head_config = json.loads((tmp_path / "all/rte-head/adapter/adapter_config.json").read_text())
     assert head_config["method"] == "head"

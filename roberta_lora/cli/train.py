@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_all.add_argument("--tasks", default=None, help="comma list (default: every GLUE task with data present)")
     train_all.add_argument("--methods", "--method", dest="methods", default="lora",
                            help="comma list of lora,head,full: the table puts them side by side")
-    train_all.add_argument("--output-dir", help="where runs and results.md/.csv go (default outputs/train-all-<time>)")
+    train_all.add_argument("--output-dir", help="where runs and train-all.md/.csv go (default outputs/train-all-<time>)")
     train_all.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_training_flags(train_all, with_method=False)
     train_all.set_defaults(handler=run_train_all)

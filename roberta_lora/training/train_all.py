@@ -60,7 +60,8 @@ def tasks_with_data(data_dir: str | None) -> list[str]:
 
 def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, Any], config_file: str | None = None,
               output_dir: str | None = None, progress: bool = True, seeds: list[int] | None = None) -> ResultsTable:
-    """Train every (task, method) pair in turn and write results.md and results.csv under output_dir.
+    """Train every (task, method) pair in turn and write train-all.md and train-all.csv under output_dir
+    (`roberta-lora report` writes results.md / .csv / .png beside them).
 
     With a recipe that warm-starts tasks from another task's adapter (the LoRA paper's MRPC, RTE and
     STS-B from MNLI), the source task trains first and each run starts from its `best/` adapter of the
@@ -123,9 +124,9 @@ def train_all(tasks: list[str] | None, methods: list[str], overrides: dict[str, 
             "wall_seconds": round(time.perf_counter() - started, 1), "run_dir": str(config.output_dir),
         })
     markdown = render_markdown(rows, methods)
-    atomic_write_text(root / "results.md", markdown)
-    atomic_write_text(root / "results.csv", render_csv(rows))
-    return ResultsTable(rows, markdown, root / "results.md", root / "results.csv")
+    atomic_write_text(root / "train-all.md", markdown)
+    atomic_write_text(root / "train-all.csv", render_csv(rows))
+    return ResultsTable(rows, markdown, root / "train-all.md", root / "train-all.csv")
 
 
 def chain_warm_starts(tasks: list[str], recipe: NamedRecipe) -> list[str]:
@@ -149,13 +150,13 @@ def chain_warm_starts(tasks: list[str], recipe: NamedRecipe) -> list[str]:
 
 
 def check_results_folder(root: Path) -> None:
-    """train-all writes into a new folder, an empty one, or one of its own (it holds results.md or
+    """train-all writes into a new folder, an empty one, or one of its own (it holds train-all.md or
     <task>-<method> runs); never into another folder."""
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--output-dir {root} is a file; choose a folder name")
     if not root.is_dir() or not any(root.iterdir()):
         return
-    ours = (root / "results.md").is_file() or any(
+    ours = (root / "train-all.md").is_file() or (root / "results.md").is_file() or any(
         is_run_folder(p) or (p / "summary.json").is_file() or any(p.glob("seed-*")) for p in root.iterdir() if p.is_dir())
     if not ours:
         held = sorted(p.name for p in root.iterdir())[:5]
