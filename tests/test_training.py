@@ -318,3 +318,14 @@ def test_a_nan_loss_on_one_process_stops_every_process(tiny_model_dir, glue_dir,
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode != 0
     assert done.stderr.count("roberta-lora train: error: loss became nan at step 2 (epoch 1)") == 2, done.stderr[-3000:]
+
+
+def test_no_progress_silences_every_progress_bar(tiny_model_dir, glue_dir, tmp_path, capsys) -> None:
+    # transformers' "Loading weights" bar and datasets' map / save bars included; -v is not given, so no
+    # library load reports either.
+    code = main(["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(glue_dir),
+                 "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "it/s" not in err and "%|" not in err and "examples/s" not in err, err[-2000:]
