@@ -232,3 +232,13 @@ def test_the_gpu_reproduction_script_plans_with_a_measured_estimate(tiny_model_d
     per_example = float(rows["mnli"][4])  # one measurement per length: both tasks use it
     assert hours["mnli"] == pytest.approx(392_702 * 1.05 * 30 * per_example * 2 / 3600, rel=0.01, abs=0.06)
     assert lines[3].startswith("total:")
+
+
+def test_seeds_without_an_output_dir_go_under_outputs(tiny_model_dir, glue_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(task="rte", model=str(tiny_model_dir), data_dir=str(glue_dir), epochs=1, batch_size=8,
+                         max_steps=1, lora_rank=2, cache_dir=str(tmp_path / "cache"))
+    train_seeds(config, [5], progress=False)
+    (group,) = (tmp_path / "outputs" / "rte").iterdir()
+    assert group.name.endswith("-lora") and (group / "seed-5" / "adapter").is_dir() and (group / "summary.json").is_file()
+    assert not (tmp_path / "seed-5").exists()

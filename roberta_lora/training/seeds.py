@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,13 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], progress: bool = True
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {list(seeds)}: expected distinct seeds, e.g. --seeds 0,1,2,3,4")
-    group = Path(config.output_dir or "")
+    if config.output_dir is None:  # as train() names a single run: outputs/<task>/<time>-<method>
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config = dataclasses.replace(config, output_dir=str(Path("outputs") / load_task(config.task).name
+                                                            / f"{stamp}-{config.method}"))
+    if not config.output_dir.strip():
+        raise ConfigError("output_dir is empty: pass a folder name, or leave --output-dir out")
+    group = Path(config.output_dir)
     check_seed_group(group)
     for seed in seeds:
         run_dir = group / f"seed-{seed}"
