@@ -25,12 +25,13 @@ _LAZY = {
     "TrainConfig": "roberta_lora.training.config",
     "train": "roberta_lora.training.loop",
     "make_toy_roberta": "roberta_lora.model.toy",
+    "make_toy_encoder": "roberta_lora.model.toy",
 }
 
 __all__ = [
     "AdapterBank", "AdapterConfig", "AdapterError", "ConfigError", "DataError", "LoraLinear", "LoraRobertaSelfAttention",
     "LoraWrapperRoberta", "MultiAdapterPredictor", "Predictor", "RobertaLoraError", "TrainConfig", "__version__",
-    "evaluate_adapter", "make_toy_roberta", "train",
+    "evaluate_adapter", "make_toy_encoder", "make_toy_roberta", "train",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from roberta_lora.lora.attention import LoraRobertaSelfAttention
     from roberta_lora.lora.layer import LoraLinear
     from roberta_lora.model.config import AdapterConfig
-    from roberta_lora.model.toy import make_toy_roberta
+    from roberta_lora.model.toy import make_toy_encoder, make_toy_roberta
     from roberta_lora.model.wrapper import LoraWrapperRoberta
     from roberta_lora.training.config import TrainConfig
     from roberta_lora.training.loop import train

@@ -105,8 +105,9 @@ class AdapterBank(nn.Module):
         """Read an adapter folder into the bank under `adapter_name` (any task, rank or head); it does not
         become active: call `set_adapter(adapter_name)`.
 
-        Raises AdapterError for a corrupt file, tensors that do not fit the config, or another base
-        (unless `allow_base_mismatch`, which only warns); ConfigError for a name already in use.
+        Raises AdapterError for a corrupt file, tensors that do not fit the config, a base of another
+        family (model_type), or another base (unless `allow_base_mismatch`, which only warns); ConfigError
+        for a name already in use.
         """
         self._check_new_name(adapter_name)
         config, digest = read_adapter_config(directory)
@@ -117,9 +118,10 @@ class AdapterBank(nn.Module):
 
     def add_adapter(self, name: str, config: AdapterConfig, tensors: dict[str, torch.Tensor],
                     source: str | None = None) -> None:
-        """Register an adapter built in memory (e.g. a weighted combination), checking its tensors."""
+        """Register an adapter built in memory (e.g. a weighted combination), checking its family and tensors."""
         self._check_new_name(name)
         config.validate()
+        self.model.check_family(config, source or f"adapter {name!r}")  # one bank holds adapters of one base
         if config.method == "full" and any(not p.is_floating_point() for p in self.model.roberta.parameters()):
             raise AdapterError(f"adapter {source or name!r} replaces every base weight (method 'full'); it cannot be "
                                "loaded on a quantized base: load it on a full-precision one")

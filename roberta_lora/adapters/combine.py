@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from transformers import RobertaConfig
+from transformers import PretrainedConfig
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora.targets import TARGET_PATHS
+from roberta_lora.lora.targets import layout
 from roberta_lora.model.config import AdapterConfig
+from roberta_lora.model.families import intermediate_size
 from roberta_lora.model.tensors import is_lora_factor
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def combine_lora_factors(
 
 def combine_adapters(
     names: Sequence[str], configs: Sequence[AdapterConfig], tensors: Sequence[dict[str, torch.Tensor]],
-    weights: Sequence[float], encoder_config: RobertaConfig, combination_type: str = "svd",
+    weights: Sequence[float], encoder_config: PretrainedConfig, combination_type: str = "svd",
     svd_rank: int | None = None, average_non_lora: bool = False,
 ) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     """The weighted combination of LoRA adapters on the same targets: (its config, its tensors).
@@ -79,10 +80,11 @@ def combine_adapters(
     _check_combinable(names, configs, weights, combination_type, svd_rank, encoder_config)
 
     scalings = [c.lora_alpha / c.lora_rank for c in configs]
+    family = layout(encoder_config.model_type)
     combined: dict[str, torch.Tensor] = {}
     for layer in range(encoder_config.num_hidden_layers):
         for target in configs[0].targets:
-            path = f"roberta.encoder.layer.{layer}.{TARGET_PATHS[target]}"
+            path = f"roberta.{family.layers}.{layer}.{family.paths[target]}"
             factors = [(t[f"{path}.lora_A.weight"], t[f"{path}.lora_B.weight"]) for t in tensors]
             a, b = combine_lora_factors(factors, weights, scalings, combination_type, svd_rank)
             combined[f"{path}.lora_A.weight"], combined[f"{path}.lora_B.weight"] = a.contiguous(), b.contiguous()
@@ -92,7 +94,7 @@ def combine_adapters(
 
 
 def _check_combinable(names: Sequence[str], configs: Sequence[AdapterConfig], weights: Sequence[float],
-                      combination_type: str, svd_rank: int | None, encoder_config: RobertaConfig) -> None:
+                      combination_type: str, svd_rank: int | None, encoder_config: PretrainedConfig) -> None:
     problems = [f"{n!r} has method {c.method!r}" for n, c in zip(names, configs, strict=True) if c.method != "lora"]
     problems += [f"{n!r} adapts {c.targets}, {names[0]!r} {configs[0].targets}"
                  for n, c in zip(names, configs, strict=True) if c.targets != configs[0].targets]
@@ -102,7 +104,7 @@ def _check_combinable(names: Sequence[str], configs: Sequence[AdapterConfig], we
         problems += [f"'linear' takes square roots of weight * alpha / r, so weight {w} of {n!r} must be >= 0 "
                      "(use 'cat' or 'svd' for negative weights)" for n, w in zip(names, weights, strict=True) if w < 0]
     if combination_type == "svd" and svd_rank is not None:
-        limit = min(encoder_config.hidden_size, encoder_config.intermediate_size)
+        limit = min(encoder_config.hidden_size, intermediate_size(encoder_config))
         if not isinstance(svd_rank, int) or not 1 <= svd_rank <= limit:
             problems.append(f"svd_rank={svd_rank!r} (expected an integer in [1, {limit}])")
     if problems:

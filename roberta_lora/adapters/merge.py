@@ -5,9 +5,10 @@ The standalone model of an adapter (`LoraWrapperRoberta.merge_and_unload`, see
 
 | adapter | directory written by `export_merged` |
 |---|---|
-| SQuAD v1/v2 | a `RobertaForQuestionAnswering` checkpoint + tokenizer |
-| GLUE, "roberta" head | a `RobertaForSequenceClassification` checkpoint + tokenizer |
-| GLUE, light head | an encoder checkpoint (`RobertaModel.from_pretrained` loads it) + `light_head.safetensors` |
+| SQuAD v1/v2 | the family's `...ForQuestionAnswering` checkpoint (`RobertaForQuestionAnswering`, ...) + tokenizer |
+| GLUE, "roberta" head | the family's `...ForSequenceClassification` checkpoint (`BertForSequenceClassification`, ...) + tokenizer |
+| GLUE, light head | an encoder checkpoint (`RobertaModel.from_pretrained`, `BertModel...` loads it) + `light_head.safetensors` |
+| GLUE, "roberta" head on DistilBERT | an encoder checkpoint + `roberta_head.safetensors` |
 
 Every directory also gets `roberta_lora_merge.json` (what was merged, from which adapter);
 `load_merged(dir)` reads any of them back.
@@ -25,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from transformers import RobertaForQuestionAnswering, RobertaForSequenceClassification
 
 from roberta_lora._version import __version__
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.fileio import atomic_write_json
-from roberta_lora.model.standalone import KINDS, LIGHT_HEAD_NAME, MergedLightClassifier, merged_kind
+from roberta_lora.model.families import checkpoint_family
+from roberta_lora.model.standalone import HEAD_FILES, KINDS, MergedClassifier, merged_kind
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def export_merged(model: LoraWrapperRoberta, output: str | Path, tokenizer_sourc
         raise ConfigError(f"{output} exists and is not empty; choose a new --output or pass --overwrite")
     cfg = model.adapter_config
     standalone = model.merge_and_unload()
-    kind = merged_kind(cfg)
+    kind = merged_kind(cfg, model.config.model_type)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -92,7 +93,7 @@ def _publish(tmp: Path, output: Path, files: list[str]) -> None:
     # Weights and tokenizer first, then the files that describe them.
     for name in sorted(files, key=lambda n: (n in ("config.json", MERGE_INFO_NAME), n)):
         os.replace(tmp / name, output / name)
-    for stale in (LIGHT_HEAD_NAME,):  # left by an earlier export of another kind
+    for stale in HEAD_FILES.values():  # left by an earlier export of another kind
         if stale not in files:
             (output / stale).unlink(missing_ok=True)
 
@@ -111,9 +112,14 @@ def read_merge_info(directory: str | Path) -> dict[str, Any]:
 
 
 def load_merged(directory: str | Path) -> nn.Module:
-    """Load what `export_merged` wrote: a transformers model, or a `MergedLightClassifier`."""
+    """Load what `export_merged` wrote: the family's transformers model (from config.json's model_type), or a
+    `MergedClassifier`."""
     info = read_merge_info(directory)
-    if info["kind"] == "light_head":
-        return MergedLightClassifier.from_pretrained(directory, info.get("head_dropout", 0.1), info.get("label_names", []))
-    cls = RobertaForQuestionAnswering if info["kind"] == "question_answering" else RobertaForSequenceClassification
+    if info["kind"] in ("light_head", "roberta_head"):
+        return MergedClassifier.from_pretrained(directory, info.get("head_dropout", 0.1), info.get("label_names", []))
+    family = checkpoint_family(directory)
+    cls = family.question_answering if info["kind"] == "question_answering" else family.sequence_classification
+    if cls is None:
+        raise AdapterError(f"{directory} says kind {info['kind']!r}, which a {family.model_type} model has no "
+                           "transformers class for; export it again with `roberta-lora merge`")
     return cls.from_pretrained(str(directory)).eval()

@@ -33,10 +33,12 @@ class MultiAdapterPredictor:
 
     @torch.no_grad()
     def predict(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapters: Sequence[str]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapters: Sequence[str],
+        token_type_ids: torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
         """One result per example: {"adapter", "task", "task_type"} plus "logits" (C,) and "prediction"
         (label name, class id or regression score) for GLUE, or "start_logits" / "end_logits" (T,) for SQuAD.
+        `token_type_ids` (the tokenizer's, for BERT) are passed on where the family uses them.
         """
         if len(adapters) != input_ids.size(0):
             raise ConfigError(f"got {len(adapters)} adapter names for a batch of {input_ids.size(0)} examples")
@@ -51,7 +53,9 @@ class MultiAdapterPredictor:
                 rows = [i for i, a in enumerate(adapters) if a == name]
                 self.bank.set_adapter(name)
                 index = torch.tensor(rows, device=input_ids.device)
-                output = self.bank(input_ids.index_select(0, index), attention_mask.index_select(0, index))
+                segments = None if token_type_ids is None else token_type_ids.index_select(0, index)
+                output = self.bank(input_ids.index_select(0, index), attention_mask.index_select(0, index),
+                                   token_type_ids=segments)
                 config = self.bank.adapter_config
                 for k, row in enumerate(rows):
                     results[row] = {"adapter": name, "task": config.task, "task_type": config.task_type,
@@ -72,7 +76,8 @@ class MultiAdapterPredictor:
                    for e in examples]
         batch = tokenizer.pad(encoded, return_tensors="pt")
         device = next(self.bank.parameters()).device
-        return self.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device), adapters)
+        segments = batch["token_type_ids"].to(device) if "token_type_ids" in batch else None
+        return self.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device), adapters, segments)
 
 
 def _example_output(config: AdapterConfig, output: Any, k: int) -> dict[str, Any]:

@@ -1,20 +1,22 @@
-"""PEFT interop: our adapters as PEFT LoRA adapters for transformers' RoBERTa classes, and back.
+"""PEFT interop: our adapters as PEFT LoRA adapters for transformers' classes of their family, and back.
 
-Our tensor names already are PEFT's, minus PEFT's "base_model.model." prefix: LoRA factors
-(`...query.lora_A.weight`), biases (`...query.base_layer.bias` under a LoRA layer), LayerNorms,
-and the heads `classifier.*` / `qa_outputs.*` of `RobertaForSequenceClassification` /
-`RobertaForQuestionAnswering`. So an export is a rename plus a PEFT `LoraConfig` that makes
-PEFT load each tensor where ours lives:
+Our tensor names are PEFT's, minus PEFT's "base_model.model." prefix, once the encoder's attribute
+"roberta" is renamed to the family's (`bert`, `distilbert`; XLM-R and CamemBERT also use `roberta`):
+LoRA factors (`...query.lora_A.weight`), biases (`...query.base_layer.bias` under a LoRA layer),
+LayerNorms, and the heads of the family's `...ForSequenceClassification` / `...ForQuestionAnswering`
+(`model.families`; for BERT the "roberta" head's dense layer is `bert.pooler.dense`). So an export is
+a rename plus a PEFT `LoraConfig` that makes PEFT load each tensor where ours lives:
 
 | ours | PEFT |
 |---|---|
 | targets, rank, alpha, dropout | `target_modules` (an exact regex), `r`, `lora_alpha`, `lora_dropout` |
 | train_biases | `bias="all"` (every bias in the file is loaded into the base) |
-| train_layer_norms / train_embeddings | `modules_to_save` += "LayerNorm" / the three embedding tables |
-| head "roberta" (GLUE) / span head (SQuAD) | task `SEQ_CLS` + "classifier" / `QUESTION_ANS` + "qa_outputs" |
+| train_layer_norms / train_embeddings | `modules_to_save` += the family's LayerNorm names / the embedding tables |
+| head "roberta" (GLUE) / span head (SQuAD) | task `SEQ_CLS` + "classifier" (BERT: + "pooler") / `QUESTION_ANS` + "qa_outputs" |
 
-The light head (LayerNorm -> dropout -> Linear on <s>) has no transformers counterpart, so such
-adapters are refused; `roberta-lora merge` exports them with the toolkit's own loader.
+The light head (LayerNorm -> dropout -> Linear on the first token) has no transformers counterpart,
+and DistilBERT's sequence classifier is not the "roberta" head, so such adapters are refused;
+`roberta-lora merge` exports them with the toolkit's own loader.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.fileio import atomic_write_bytes, atomic_write_text
-from roberta_lora.lora.targets import TARGET_PATHS
+from roberta_lora.lora.targets import TARGET_PATHS, layout
 from roberta_lora.model.adapter_files import read_adapter_tensors
+from roberta_lora.model.base import BaseSpec, base_model_type
 from roberta_lora.model.config import MAX_CONFIG_BYTES, AdapterConfig, head_attribute, read_adapter_config
+from roberta_lora.model.families import Family, family_of
+from roberta_lora.model.standalone import classifier_names
 from roberta_lora.model.tensors import is_lora_factor
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 
@@ -43,45 +48,60 @@ PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-_LORA_KEY = re.compile(r"^roberta\.encoder\.layer\.(\d+)\.(.+)\.lora_([AB])\.weight$")
-_TARGET_OF_PATH = {path: name for name, path in TARGET_PATHS.items()}
 
 
 def transformers_class_name(config: AdapterConfig) -> str:
     """The transformers class PEFT loads the exported adapter on; AdapterError when there is none."""
     if config.method != "lora":
         raise AdapterError(f"a method={config.method!r} adapter has no LoRA layers; only LoRA adapters export to PEFT")
+    family = family_of(config.model_type)
     if config.task_type != "glue":
-        return "RobertaForQuestionAnswering"
+        return family.question_answering.__name__
+    if config.head == "roberta" and family.sequence_classification is not None:
+        return family.sequence_classification.__name__
     if config.head == "roberta":
-        return "RobertaForSequenceClassification"
+        raise AdapterError(
+            f"this {config.model_type} adapter uses the roberta head (dense -> tanh -> out_proj), which no transformers "
+            f"class of its family computes ({config.model_type}'s sequence classifier is pre_classifier -> ReLU -> "
+            "classifier), so PEFT could not reproduce its logits; use `roberta-lora merge` for a standalone checkpoint"
+        )
     raise AdapterError(
-        "this adapter uses the light head (LayerNorm -> dropout -> Linear on <s>), which transformers' "
-        "RobertaForSequenceClassification (dense -> tanh -> out_proj) cannot represent, so PEFT could not "
+        "this adapter uses the light head (LayerNorm -> dropout -> Linear on the first token), which transformers' "
+        "...ForSequenceClassification (dense -> tanh -> out_proj) cannot represent, so PEFT could not "
         "reproduce its logits; train with --head roberta to export to PEFT, or use `roberta-lora merge` "
         "for a standalone checkpoint"
     )
 
 
+def _head_modules(family: Family, task_type: str) -> list[str]:
+    """The head's modules in the family's transformers class, as PEFT's modules_to_save names them."""
+    if task_type != "glue":
+        return [head_attribute(task_type)]
+    paths = (path.removeprefix(f"{family.prefix}.") for path in family.classifier_paths.values())
+    return list(dict.fromkeys(path.split(".")[0] for path in paths))  # ["classifier"]; BERT ["classifier", "pooler"]
+
+
 def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model: str | None) -> tuple[dict, dict]:
     """(PEFT adapter_config.json contents, PEFT tensors) for one of our adapters."""
-    cls = transformers_class_name(config)
-    inner = "|".join(re.escape(TARGET_PATHS[t]) for t in config.targets)
-    modules_to_save = [head_attribute(config.task_type)]
+    transformers_class_name(config)  # refuses what PEFT could not reproduce
+    family, paths = family_of(config.model_type), layout(config.model_type)
+    inner = "|".join(re.escape(paths.paths[t]) for t in config.targets)
+    modules_to_save = _head_modules(family, config.task_type)
     if config.train_layer_norms:
-        modules_to_save.append("LayerNorm")
+        modules_to_save.extend(family.layer_norms)
     if config.train_embeddings:
-        modules_to_save.extend(EMBEDDING_TABLES)
+        held = {name.split(".")[-2] for name in tensors if name.count(".") >= 2}
+        modules_to_save.extend(table for table in EMBEDDING_TABLES if table in held)
     alpha = config.lora_alpha
     peft_config = {
         "peft_type": "LORA",
-        "task_type": "QUESTION_ANS" if cls == "RobertaForQuestionAnswering" else "SEQ_CLS",
+        "task_type": "QUESTION_ANS" if config.task_type != "glue" else "SEQ_CLS",
         "base_model_name_or_path": base_model,
         "r": config.lora_rank,
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": config.lora_dropout,
         # A regex is matched in full by PEFT, so "output.dense" cannot also catch "attention.output.dense".
-        "target_modules": rf"roberta\.encoder\.layer\.\d+\.(?:{inner})",
+        "target_modules": rf"{family.prefix}\.{re.escape(paths.layers)}\.\d+\.(?:{inner})",
         "bias": "all" if config.train_biases else "none",
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": False,
@@ -90,7 +110,19 @@ def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model:
         "use_rslora": False,
         "use_dora": False,
     }
-    return peft_config, {PREFIX + name: t for name, t in tensors.items()}
+    return peft_config, {PREFIX + name: t for name, t in _peft_names(config, family, tensors).items()}
+
+
+def _peft_names(config: AdapterConfig, family: Family, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our tensor names as in the family's transformers class (without PEFT's prefix)."""
+    head = head_attribute(config.task_type) + "."
+    renamed = {f"{family.prefix}.{n.removeprefix('roberta.')}": t for n, t in tensors.items() if n.startswith("roberta.")}
+    head_state = {n.removeprefix(head): t for n, t in tensors.items() if n.startswith(head)}
+    if config.task_type == "glue":
+        renamed.update(classifier_names(family, head_state))
+    else:
+        renamed.update({head + n: t for n, t in head_state.items()})
+    return renamed
 
 
 def export_peft(adapter_dir: str | Path, output: str | Path, base_model: str | None = None,
@@ -109,7 +141,7 @@ def export_peft(adapter_dir: str | Path, output: str | Path, base_model: str | N
     atomic_write_bytes(output / PEFT_WEIGHTS_NAME, payload)
     atomic_write_text(output / PEFT_CONFIG_NAME, json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     cls = transformers_class_name(config)
-    labels = f", num_labels={config.num_classes}" if cls == "RobertaForSequenceClassification" else ""
+    labels = f", num_labels={config.num_classes}" if config.task_type == "glue" else ""
     return {
         "output": str(output), "transformers_class": cls, "tensors": len(peft_tensors),
         "load_with": f"PeftModel.from_pretrained({cls}.from_pretrained({base!r}{labels}), {str(output)!r})",
@@ -143,35 +175,40 @@ def read_peft_adapter(directory: str | Path) -> tuple[dict[str, Any], dict[str, 
 def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = None,
                 task_type: str | None = None, label_names: Sequence[str] = (),
                 num_labels: int | None = None) -> LoraWrapperRoberta:
-    """Build one of our models from a PEFT LoRA adapter trained on RobertaForSequenceClassification
-    or RobertaForQuestionAnswering. Tensors the PEFT file does not hold (e.g. biases with
-    bias="none") keep the base's values, exactly what PEFT uses.
+    """Build one of our models from a PEFT LoRA adapter trained on a `...ForSequenceClassification` (RoBERTa,
+    XLM-R, CamemBERT, BERT) or `...ForQuestionAnswering` (every family) of its base's family. Tensors the
+    PEFT file does not hold (e.g. biases with bias="none", BERT's pooler when it was not in modules_to_save)
+    keep the base's values, exactly what PEFT uses.
 
     Args:
         peft_dir: the PEFT adapter folder.
-        model_id: the base (default: the adapter's base_model_name_or_path).
+        model_id: the base (default: the adapter's base_model_name_or_path); its family names the tensors.
         task: the task name to record (e.g. "mnli").
         task_type: "glue", "squad_v1" or "squad_v2" (default: from the PEFT task type; SQuAD v1).
         label_names: class names in index order (their number must match the head's classes).
         num_labels: the task's number of outputs (1 = regression), checked against the head.
     """
     peft_config, raw = read_peft_adapter(peft_dir)
-    tensors, ignored = {}, []
-    for key, tensor in raw.items():
-        name = key.removeprefix(PREFIX)
-        # bias="all" also saves the frozen originals and duplicates of modules_to_save copies; PEFT ignores them.
-        if ".original_module." in name or ".modules_to_save." in name:
-            ignored.append(name)
-        else:
-            tensors[name] = tensor
     task_type = _resolve_task_type(peft_config, task_type)
-    targets, rank = _lora_layout(tensors, peft_config)
+    base = model_id or peft_config.get("base_model_name_or_path")
+    if base is None:
+        raise ConfigError(f"{peft_dir}/adapter_config.json names no base model; pass one (CLI: --model)")
+    model_type = base_model_type(base)
+    family = family_of(model_type)
+    if task_type == "glue" and family.sequence_classification is None:
+        raise AdapterError(f"{peft_dir} is a sequence-classification adapter on a {model_type} base, whose transformers "
+                           "head (pre_classifier -> ReLU -> classifier) has no counterpart here; only its "
+                           "question-answering adapters import")
+    tensors = _our_names(raw, family, task_type)
+    if task_type == "glue" and "classifier.dense.weight" not in tensors and "classifier.out_proj.weight" in tensors:
+        tensors.update(_base_pooler(base, family, peft_dir))
+    targets, rank = _lora_layout(tensors, peft_config, model_type)
     alpha = float(peft_config.get("lora_alpha", rank))
     if peft_config.get("use_rslora"):
         alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r); ours by alpha / r
     head = head_attribute(task_type)
-    if task_type == "glue" and "classifier.out_proj.weight" not in tensors:
-        raise AdapterError(f"{peft_dir} holds no classifier weights (classifier.dense / classifier.out_proj); "
+    if task_type == "glue" and not {"classifier.dense.weight", "classifier.out_proj.weight"} <= tensors.keys():
+        raise AdapterError(f"{peft_dir} holds no classifier weights ({', '.join(family.classifier_paths.values())}); "
                            "train it with the head in modules_to_save (PEFT's SEQ_CLS task type does this)")
     if task_type != "glue" and "qa_outputs.weight" not in tensors:
         raise AdapterError(f"{peft_dir} holds no qa_outputs weights; train it with task_type QUESTION_ANS")
@@ -180,20 +217,60 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
     if task_type == "glue" and expected is not None and expected != num_classes:
         raise ConfigError(f"{peft_dir} has a head with {num_classes} outputs but the task {task or ''} has {expected}; "
                           "pass the task it was trained on (--task)")
-    rest = [n for n in tensors if not _LORA_KEY.match(n) and not n.startswith(f"{head}.")]
-    base = model_id or peft_config.get("base_model_name_or_path")
-    if base is None:
-        raise ConfigError(f"{peft_dir}/adapter_config.json names no base model; pass one (CLI: --model)")
+    rest = [n for n in tensors if not is_lora_factor(n) and not n.startswith(f"{head}.")]
+    module_of = {n: n.split(".")[-2] for n in rest if n.count(".") >= 2}  # "roberta....LayerNorm.bias" -> "LayerNorm"
     model = LoraWrapperRoberta(
         task_type=task_type, num_classes=num_classes, model_id=base,
         lora_rank=rank, lora_alpha=alpha, lora_dropout=float(peft_config.get("lora_dropout", 0.0)), targets=targets,
-        train_biases=any(n.endswith(".bias") and "LayerNorm" not in n for n in rest),
-        train_layer_norms=any(".LayerNorm." in n for n in rest),
-        train_embeddings=any(n.split(".")[-2] in EMBEDDING_TABLES for n in rest if n.count(".") >= 2),
+        train_biases=any(n.endswith(".bias") and module_of.get(n) not in family.layer_norms for n in rest),
+        train_layer_norms=any(module_of.get(n) in family.layer_norms for n in rest),
+        train_embeddings=any(module_of.get(n) in EMBEDDING_TABLES for n in rest),
         head="roberta", head_dropout=0.1, label_names=list(label_names) if task_type == "glue" else [], task=task,
     )
     _copy_into(model, tensors, peft_dir)
     return model.eval()
+
+
+def _our_names(raw: dict[str, torch.Tensor], family: Family, task_type: str) -> dict[str, torch.Tensor]:
+    """PEFT's tensors under our names: the family's encoder attribute becomes "roberta", the head's tensors
+    become "classifier.dense.*" / "classifier.out_proj.*" or "qa_outputs.*"."""
+    heads = {path + ".": f"classifier.{module}." for module, path in family.classifier_paths.items()}
+    if task_type != "glue":
+        heads = {"qa_outputs.": "qa_outputs."}
+    tensors = {}
+    for key, tensor in raw.items():
+        name = key.removeprefix(PREFIX)
+        # bias="all" also saves the frozen originals and duplicates of modules_to_save copies; PEFT ignores them.
+        if ".original_module." in name or ".modules_to_save." in name:
+            continue
+        head = next((ours + name.removeprefix(theirs) for theirs, ours in heads.items() if name.startswith(theirs)), None)
+        if head is not None:
+            tensors[head] = tensor
+        elif name.startswith(f"{family.prefix}."):
+            tensors["roberta." + name.removeprefix(f"{family.prefix}.")] = tensor
+        else:
+            tensors[name] = tensor  # reported by _copy_into as a tensor our model does not have
+    return tensors
+
+
+def _base_pooler(base: BaseSpec, family: Family, source: Any) -> dict[str, torch.Tensor]:
+    """The base checkpoint's pooler as the "roberta" head's dense layer: BERT's sequence classifier reads it,
+    and PEFT leaves it out of the adapter unless it was in modules_to_save."""
+    path = family.classifier_paths.get("dense", "").removeprefix(f"{family.prefix}.")
+    if path != "pooler.dense":
+        return {}  # the dense layer is part of the classifier: the missing-weights check reports it
+    missing: list[str] = []
+    if isinstance(base, (str, Path)):
+        encoder, info = family.encoder.from_pretrained(str(base), output_loading_info=True)  # with its pooler, this once
+        missing = [name for name in info.get("missing_keys", []) if name.startswith("pooler.")]
+    else:
+        encoder = base
+    pooler = getattr(encoder, "pooler", None)
+    if pooler is None or missing:
+        raise AdapterError(f"{source} uses the base's pooler ({family.prefix}.pooler.dense), which the base {base!s:.200} "
+                           "does not hold; pass the checkpoint the adapter was trained on (--model), or export the "
+                           "adapter from PEFT with modules_to_save=['classifier', 'pooler']")
+    return {f"classifier.dense.{n}": t.detach().clone() for n, t in pooler.dense.state_dict().items()}
 
 
 def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
@@ -207,7 +284,7 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     expected = {"SEQ_CLS": "glue", "QUESTION_ANS": "squad"}.get(peft_task)
     if expected is None:
         raise AdapterError(f"PEFT task_type {peft_task!r} is not supported; expected SEQ_CLS "
-                           "(RobertaForSequenceClassification) or QUESTION_ANS (RobertaForQuestionAnswering)")
+                           "(e.g. RobertaForSequenceClassification) or QUESTION_ANS (e.g. RobertaForQuestionAnswering)")
     if task_type is None:
         task_type = "glue" if expected == "glue" else "squad_v1"
     if not task_type.startswith(expected):
@@ -216,27 +293,31 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     return task_type
 
 
-def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict) -> tuple[list[str], int]:
-    """(our targets, rank) from the LoRA keys; every layer must carry the same targets with one rank."""
+def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict, model_type: str) -> tuple[list[str], int]:
+    """(our targets, rank) from the LoRA keys (our names, see `_our_names`); every layer must carry the same
+    targets with one rank."""
+    family = layout(model_type)
+    lora_key = re.compile(rf"^roberta\.{re.escape(family.layers)}\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+    target_of_path = {path: name for name, path in family.paths.items()}
     per_layer: dict[int, set[str]] = {}
     ranks = set()
     unknown = []
     for name, tensor in tensors.items():
-        match = _LORA_KEY.match(name)
+        match = lora_key.match(name)
         if match is None:
             if ".lora_" in name:
                 unknown.append(name)
             continue
         layer, path, which = int(match.group(1)), match.group(2), match.group(3)
-        if path not in _TARGET_OF_PATH:
+        if path not in target_of_path:
             unknown.append(name)
             continue
-        per_layer.setdefault(layer, set()).add(_TARGET_OF_PATH[path])
+        per_layer.setdefault(layer, set()).add(target_of_path[path])
         ranks.add(tensor.size(0) if which == "A" else tensor.size(1))
     if unknown:
         raise AdapterError(f"LoRA tensors outside the encoder's linear layers cannot be imported: {unknown[:3]}")
     if not per_layer:
-        raise AdapterError("the PEFT adapter holds no LoRA tensors for roberta.encoder.layer.<i>")
+        raise AdapterError(f"the PEFT adapter holds no LoRA tensors for the {model_type} base's {family.layers}.<i>")
     layouts = {frozenset(t) for t in per_layer.values()}
     if len(layouts) > 1 or sorted(per_layer) != list(range(len(per_layer))):
         raise AdapterError("the PEFT adapter adapts different modules in different layers "

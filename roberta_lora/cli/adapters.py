@@ -11,6 +11,7 @@ from roberta_lora.choices import TASK_TYPES
 from roberta_lora.cli.output import print_json
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
+from roberta_lora.sources import resolve_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="SQuAD -> RobertaForQuestionAnswering; GLUE --head roberta -> RobertaForSequenceClassification; "
                     "GLUE light head -> an encoder checkpoint plus light_head.safetensors (load_merged reads it).",
     )
-    merge.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter.safetensors)")
+    merge.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter.safetensors) or a Hub repo id")
     merge.add_argument("--output", required=True, help="folder to write (must be new or empty unless --overwrite)")
     merge.add_argument("--model", help="base checkpoint (default: the base recorded in the adapter)")
     merge.add_argument("--overwrite", action="store_true", help="replace the files of an existing --output")
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Loads with peft.PeftModel.from_pretrained on RobertaForQuestionAnswering (SQuAD) or "
                     "RobertaForSequenceClassification (GLUE, --head roberta). Light-head adapters are refused.",
     )
-    export.add_argument("--adapter", required=True, help="our adapter folder")
+    export.add_argument("--adapter", required=True, help="our adapter folder, or a Hub repo id")
     export.add_argument("--output", required=True, help="PEFT adapter folder to write")
     export.add_argument("--model", help="base_model_name_or_path to record (default: the adapter's base)")
     export.add_argument("--overwrite", action="store_true", help="replace the files of an existing --output")
@@ -86,6 +87,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.merge import export_merged
     from roberta_lora.model.wrapper import LoraWrapperRoberta
 
+    args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline)
     base = args.model or _recorded_base(args.adapter)
     check_output(args.output, [args.adapter, base], args.overwrite, "merged checkpoint")
     model = LoraWrapperRoberta.from_adapter(args.adapter, model_id=args.model,
@@ -117,6 +119,7 @@ def merge_difference(model: Any, directory: str) -> float:
 def run_export_peft(args: argparse.Namespace) -> int:
     from roberta_lora.adapters.peft import export_peft
 
+    args.adapter = str(resolve_adapter(args.adapter))
     check_output(args.output, [args.adapter, args.model or _recorded_base(args.adapter)], args.overwrite, "PEFT adapter")
     print_json(export_peft(args.adapter, args.output, base_model=args.model, overwrite=args.overwrite))
     return 0

@@ -8,6 +8,7 @@ import json
 from roberta_lora.choices import HEAD_KINDS, TASK_TYPES
 from roberta_lora.cli.output import print_json
 from roberta_lora.model.config import adapter_size_bytes, read_adapter_config
+from roberta_lora.sources import resolve_adapter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     params.set_defaults(handler=run_params)
 
     inspect = subparsers.add_parser("inspect", help="show an adapter's configuration, metrics and size")
-    inspect.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter.safetensors)")
+    inspect.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter.safetensors) or a Hub repo id")
     inspect.set_defaults(handler=run_inspect)
 
 
@@ -41,6 +42,7 @@ def run_params(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline)
     config, digest = read_adapter_config(args.adapter)
     data = json.loads(config.to_json())
     data["size_bytes"] = adapter_size_bytes(args.adapter)

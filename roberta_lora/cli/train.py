@@ -20,6 +20,7 @@ from roberta_lora.choices import (
 from roberta_lora.cli.output import print_json, silence_progress_bars
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
+from roberta_lora.sources import resolve_adapter
 from roberta_lora.training.config import FIELD_FLAGS, resolve_train_config, resume_train_config
 
 # CLI flag (argparse dest) -> TrainConfig field, for flags whose names differ from the field.
@@ -56,7 +57,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_const", const=False,
                         help="plain shuffled batches instead of length-grouped ones")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    parser.add_argument("--init-from", help="warm-start from another adapter folder (e.g. the MNLI adapter)")
+    parser.add_argument("--init-from", help="warm-start from another adapter: a folder or a Hub repo id (e.g. the MNLI adapter)")
     parser.add_argument("--allow-base-mismatch", action="store_const", const=True,
                         help="accept an --init-from adapter trained on another base (warns)")
     parser.add_argument("--null-score-diff-threshold", type=float, help="SQuAD v2 no-answer threshold (0.0)")
@@ -91,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=run_train)
 
     evaluate = subparsers.add_parser("evaluate", help="evaluate a saved adapter on its validation split(s)")
-    evaluate.add_argument("--adapter", required=True, help="adapter folder")
+    evaluate.add_argument("--adapter", required=True, help="adapter folder, or a Hub repo id user/name[@rev]")
     evaluate.add_argument("--data-dir", help="local data root (offline: required)")
     evaluate.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     evaluate.add_argument("--task", help="task name or TOML (default: the adapter's)")
@@ -107,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = subparsers.add_parser("predict", help="labels, scores or answers for texts, as JSON lines")
-    predict.add_argument("--adapter", required=True, help="adapter folder")
+    predict.add_argument("--adapter", required=True, help="adapter folder, or a Hub repo id user/name[@rev]")
     predict.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text (repeatable); the question for SQuAD")
@@ -149,6 +150,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         silence_progress_bars()
     overrides = {**training_overrides(args), "overwrite": args.overwrite}
+    if args.init_from:  # a folder, or a hub repo id (cached offline)
+        overrides["init_from"] = str(resolve_adapter(args.init_from))
     if args.resume:
         if not args.output_dir:
             raise ConfigError("--resume needs the run folder: --resume --output-dir outputs/<task>/<run>")
@@ -179,6 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from roberta_lora.evaluation.evaluate import evaluate_adapter
     from roberta_lora.fileio import atomic_write_text
 
+    args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline)
     output = Path(args.output) if args.output else None
     predictions = check_metrics_output(output) if output else None
     metrics = evaluate_adapter(args.adapter, data_dir=args.data_dir, model_id=args.model, task=args.task,
@@ -221,6 +225,7 @@ def _is_metrics_json(path: Path) -> bool:
 def run_predict(args: argparse.Namespace) -> int:
     from roberta_lora.evaluation.predict import Predictor, read_input_file
 
+    args.adapter = str(resolve_adapter(args.adapter))
     if args.text is not None:
         texts, pairs = args.text, args.text_pair
     else:

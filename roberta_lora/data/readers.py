@@ -344,21 +344,27 @@ def tokenize_classification(
     if missing:
         raise ConfigError(f"dataset lacks column(s) {missing} needed by task {spec.name!r}; it has {dataset.column_names}.")
     max_length = max_length or spec.max_length
+    segments = "token_type_ids" in tokenizer.model_input_names  # BERT's tokenizers; RoBERTa's and DistilBERT's: no
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[c] for c in spec.text_columns]  # one list, or two for a sentence pair
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "labels": batch[spec.label_column]}
+        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                   "labels": batch[spec.label_column]}
+        if segments:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        return columns
 
     label_type = "float32" if spec.kind == "regression" else "int64"
     features = datasets.Features(
         {"input_ids": datasets.List(datasets.Value("int32")), "attention_mask": datasets.List(datasets.Value("int8")),
          "labels": datasets.Value(label_type)}
+        | ({"token_type_ids": datasets.List(datasets.Value("int8"))} if segments else {})
         | ({"idx": dataset.features["idx"]} if "idx" in dataset.column_names else {})
     )
     key = {"dataset": dataset_fingerprint(dataset), **tokenizer_fingerprint(tokenizer), "max_length": max_length,
-           "text_columns": spec.text_columns, "label_column": spec.label_column, "kind": spec.kind}
+           "text_columns": spec.text_columns, "label_column": spec.label_column, "kind": spec.kind,
+           **({"token_type_ids": True} if segments else {})}
     return cached_dataset(
         Path(cache_dir) if cache_dir is not None else default_cache_dir(), key,
         lambda: dataset.map(

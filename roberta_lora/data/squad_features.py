@@ -157,6 +157,7 @@ def prepare_train_features(
         "attention_mask": encoding["attention_mask"],
         "start_positions": starts,
         "end_positions": ends,
+        **({"token_type_ids": encoding["token_type_ids"]} if "token_type_ids" in encoding else {}),
     }
 
 
@@ -188,4 +189,5 @@ def prepare_eval_features(
         "attention_mask": encoding["attention_mask"],
         "example_id": example_ids,
         "offset_mapping": offset_mapping,
+        **({"token_type_ids": encoding["token_type_ids"]} if "token_type_ids" in encoding else {}),
     }

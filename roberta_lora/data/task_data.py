@@ -33,7 +33,7 @@ from roberta_lora.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-MODEL_COLUMNS = ("input_ids", "attention_mask", "labels", "start_positions", "end_positions", "row_index")
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions", "row_index")
 
 
 @dataclass
@@ -91,7 +91,8 @@ def _features(
     stride = doc_stride or spec.doc_stride or 128
     prepare = prepare_train_features if training else prepare_eval_features
     key = {"kind": "squad-train" if training else "squad-eval", "dataset": dataset_fingerprint(raw),
-           **tokenizer_fingerprint(tokenizer), "max_length": max_length, "stride": stride}
+           **tokenizer_fingerprint(tokenizer), "max_length": max_length, "stride": stride,
+           **({"token_type_ids": True} if "token_type_ids" in tokenizer.model_input_names else {})}
     return cached_dataset(
         cache, key,
         lambda: raw.map(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.hub import hub_reachable
+from roberta_lora.sources import resolve_model
 
 # What a local model folder must hold for `AutoTokenizer` to build the real tokenizer; without any of
 # them transformers builds a tiny placeholder from config.json and every word becomes <unk>.
@@ -15,15 +15,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model
 
 
 def load_tokenizer(model_id: str) -> Any:
-    """`AutoTokenizer.from_pretrained(model_id)`, with a clear error offline, for a folder without
-    tokenizer files, or for a tokenizer that cannot be built."""
+    """`AutoTokenizer.from_pretrained` of a model id (a folder, a packaged model name such as
+    all-MiniLM-L6-v2, or a hub id: see `roberta_lora.sources.resolve_model`), with a clear error offline,
+    for a folder without tokenizer files, or for a tokenizer that cannot be built."""
+    model_id = resolve_model(str(model_id))
     local = Path(model_id)
-    if not local.is_dir() and not hub_reachable():
-        raise ConfigError(
-            f"--model {model_id!r} is not a local directory and the Hugging Face hub is not reachable (offline?). "
-            "Pass local paths: --model /path/to/roberta-base (config, weights and tokenizer files) and "
-            "--data-dir /path/to/data (e.g. ../shared/data/glue)"
-        )
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
         raise ConfigError(
             f"--model {model_id} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy the "

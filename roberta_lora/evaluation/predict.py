@@ -61,7 +61,8 @@ class Predictor:
             pair = text_pairs[start : start + self.batch_size] if text_pairs else None
             encoded = self.tokenizer(texts[start : start + self.batch_size], pair, truncation=True,
                                      max_length=self.max_length, padding=True, return_tensors="pt")
-            logits = self.model(encoded["input_ids"], encoded["attention_mask"]).logits.float()
+            logits = self.model(encoded["input_ids"], encoded["attention_mask"],
+                                token_type_ids=encoded.get("token_type_ids")).logits.float()
             results.extend(self._describe(row) for row in logits)
         return results
 
@@ -80,9 +81,10 @@ class Predictor:
                                          doc_stride=self.doc_stride)
         starts, ends = [], []
         for start in range(0, len(features["input_ids"]), self.batch_size):
-            batch = self.tokenizer.pad({"input_ids": features["input_ids"][start : start + self.batch_size]},
+            columns = [c for c in ("input_ids", "token_type_ids") if c in features]
+            batch = self.tokenizer.pad({c: features[c][start : start + self.batch_size] for c in columns},
                                        return_tensors="pt")
-            out = self.model(batch["input_ids"], batch["attention_mask"])
+            out = self.model(batch["input_ids"], batch["attention_mask"], token_type_ids=batch.get("token_type_ids"))
             starts.extend(row.float().numpy() for row in out.start_logits)
             ends.extend(row.float().numpy() for row in out.end_logits)
         rows = [dict(zip(examples, values, strict=True)) for values in zip(*examples.values(), strict=True)]

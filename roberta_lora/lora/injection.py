@@ -1,9 +1,11 @@
-"""Putting LoRA into a RoBERTa encoder and taking it out again.
+"""Putting LoRA into an encoder of any supported family and taking it out again.
 
-Targets are matched by exact module path inside `encoder.layer.<i>` (see `targets.TARGET_PATHS`),
-so a head's `dense` layer can never be picked up by accident. Self-attention is swapped for
-`LoraRobertaSelfAttention`; the feed-forward and attention-output projections, when targeted, are
-wrapped in place. `strip_lora` undoes all of it, `unwrap_lora` / `rewrap_lora` only for a while.
+Targets are matched by exact module path inside the family's layer list (`encoder.layer.<i>`, or
+`transformer.layer.<i>` for DistilBERT; see `targets.LAYOUTS`), so a head's `dense` layer can
+never be picked up by accident. The self-attention module is swapped for its LoRA subclass
+(`attention.LORA_ATTENTION_CLASSES`) when query, key or value is targeted; the other targeted
+projections are wrapped in place. `strip_lora` undoes all of it, `unwrap_lora` / `rewrap_lora`
+only for a while.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora.attention import LoraRobertaSelfAttention, rebuild_self_attention
+from roberta_lora.lora.attention import LoraSelfAttentionMixin, lora_attention_class
 from roberta_lora.lora.layer import LoraLinear
-from roberta_lora.lora.targets import DEFAULT_TARGETS, SELF_ATTENTION_TARGETS, TARGET_PATHS
+from roberta_lora.lora.targets import DEFAULT_TARGETS, SELF_ATTENTION_TARGETS, layout
 
-_LAYER_PATH = re.compile(r"^(?:.*\.)?encoder\.layer\.(\d+)\.(.+)$")
+
+def encoder_model_type(encoder: nn.Module) -> str:
+    """The family of a transformers encoder (its `config.model_type`); ConfigError when it has none."""
+    model_type = getattr(getattr(encoder, "config", None), "model_type", None)
+    if model_type is None:
+        raise ConfigError(f"{type(encoder).__name__} has no transformers config.model_type, so its family (and where "
+                          "its projections live) is unknown; pass a transformers encoder such as RobertaModel")
+    return model_type
 
 
 def inject_lora(
@@ -31,29 +39,28 @@ def inject_lora(
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> list[str]:
-    """Swap every `RobertaSelfAttention` below `encoder` and wrap the other targeted linears.
+    """Swap every self-attention module below `encoder` for its LoRA subclass and wrap the other targeted linears.
 
-    Returns the module paths that now carry LoRA (e.g. "encoder.layer.0.attention.self.query").
-    Raises ConfigError when nothing matched, naming the targets and the linear layers present.
+    The family (and so the module paths) comes from `encoder.config.model_type`. Returns the module
+    paths that now carry LoRA (e.g. "encoder.layer.0.attention.self.query"). Raises ConfigError when
+    nothing matched, naming the targets and the linear layers present.
     """
+    family = layout(encoder_model_type(encoder))
+    layer_path = re.compile(rf"^(?:.*\.)?{re.escape(family.layers)}\.(\d+)\.(.+)$")
     attention_targets = [t for t in targets if t in SELF_ATTENTION_TARGETS]
-    other_paths = {TARGET_PATHS[t] for t in targets if t not in SELF_ATTENTION_TARGETS}
+    other_paths = {family.paths[t] for t in targets if t not in SELF_ATTENTION_TARGETS}
     replaced: list[str] = []
-    # Collect first, then replace: mutating modules while iterating named_modules is unsafe.
+    # Collect first, then replace: mutating modules while iterating named_modules is unsafe. Parents come
+    # before children, so DistilBERT's out_lin is wrapped inside the already swapped attention module.
     for path, module in list(encoder.named_modules()):
-        match = _LAYER_PATH.match(path)
+        match = layer_path.match(path)
         if match is None:
             continue
         inner = match.group(2)
-        if attention_targets and inner == "attention.self" and isinstance(module, RobertaSelfAttention):
-            if isinstance(module, LoraRobertaSelfAttention):
-                raise ConfigError(f"{path} already carries LoRA; build a fresh base model instead of injecting twice")
-            set_submodule(
-                encoder,
-                path,
-                LoraRobertaSelfAttention.from_attention(module, attention_targets, rank, alpha, dropout, generator),
-            )
-            replaced.extend(f"{path}.{t}" for t in attention_targets)
+        if attention_targets and inner == family.self_attention:
+            cls = lora_attention_class(module, path)
+            set_submodule(encoder, path, cls.from_attention(module, attention_targets, rank, alpha, dropout, generator))
+            replaced.extend(f"{path}.{family.attribute(t)}" for t in attention_targets)
         elif inner in other_paths:
             if isinstance(module, LoraLinear):
                 raise ConfigError(f"{path} already carries LoRA; build a fresh base model instead of injecting twice")
@@ -62,8 +69,8 @@ def inject_lora(
     if not replaced:
         linears = sorted(p for p, m in encoder.named_modules() if isinstance(m, nn.Linear))
         raise ConfigError(
-            f"no module matched the LoRA targets {list(targets)} (paths {[TARGET_PATHS[t] for t in targets]} "
-            f"inside encoder.layer.<i>); linear layers present: {linears[:12]}{' ...' if len(linears) > 12 else ''}"
+            f"no module matched the LoRA targets {list(targets)} (paths {[family.paths[t] for t in targets]} "
+            f"inside {family.layers}.<i>); linear layers present: {linears[:12]}{' ...' if len(linears) > 12 else ''}"
         )
     return replaced
 
@@ -96,8 +103,8 @@ def rewrap_lora(encoder: nn.Module, layers: dict[str, LoraLinear]) -> None:
 
 
 def strip_lora(encoder: nn.Module) -> None:
-    """Make `encoder` a plain RobertaModel again: no LoraLinear, no LoraRobertaSelfAttention."""
+    """Make `encoder` a plain transformers encoder again: no LoraLinear, no LoRA self-attention."""
     unwrap_lora(encoder)
     for path, module in list(encoder.named_modules()):
-        if isinstance(module, LoraRobertaSelfAttention):
-            set_submodule(encoder, path, rebuild_self_attention(module, RobertaSelfAttention))
+        if isinstance(module, LoraSelfAttentionMixin):
+            set_submodule(encoder, path, module.plain())

@@ -1,4 +1,6 @@
-"""The frozen base: a RoBERTa encoder (no pooler) from a hub id, a local folder, a config or a model."""
+"""The frozen base: an encoder of a supported family (no pooler) from a hub id, a local folder, a config or a
+model. The family is the checkpoint's `config.model_type` (see `model.families`); each loads with its own
+transformers class, and any other model type is refused before weights are read."""
 
 from __future__ import annotations
 
@@ -8,38 +10,54 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from safetensors import SafetensorError
-from transformers import RobertaConfig, RobertaModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from roberta_lora.errors import ConfigError
 from roberta_lora.hub import hub_reachable
+from roberta_lora.model.families import build_encoder, checkpoint_family, family_of
+from roberta_lora.sources import resolve_model
 
-BaseSpec = str | Path | RobertaConfig | RobertaModel
+BaseSpec = str | Path | PretrainedConfig | PreTrainedModel
 
 
 def load_base_encoder(
     model_id: BaseSpec, attn_implementation: str | None = None, quantize: str | None = None
-) -> RobertaModel:
-    """A RoBERTa encoder (no pooler) from a hub id, a local checkpoint dir, a config (random weights) or a model.
+) -> PreTrainedModel:
+    """An encoder (no pooler) from a hub id, a local checkpoint dir, a config (random weights) or a model.
 
-    `quantize` ("4bit" or "8bit") loads the checkpoint's linear layers through bitsandbytes (CUDA only).
+    The family comes from `config.model_type`: RobertaModel for "roberta", BertModel for "bert",
+    DistilBertModel for "distilbert", ... (`model.families.FAMILIES`). `quantize` ("4bit" or "8bit")
+    loads the checkpoint's linear layers through bitsandbytes (CUDA only).
+
+    Raises:
+        ConfigError: an unsupported model_type (listing the supported ones), a model object that is not
+            its family's bare encoder, or a checkpoint that cannot be loaded.
     """
+    if isinstance(model_id, (str, Path)):  # a folder, a packaged name (all-MiniLM-L6-v2) or a hub id
+        model_id = resolve_model(str(model_id))
     if quantize not in (None, "none"):
         from roberta_lora.model.quantization import load_quantized_encoder  # bitsandbytes only when asked for
 
         return load_quantized_encoder(model_id, quantize, attn_implementation)
-    if isinstance(model_id, RobertaModel):
+    if isinstance(model_id, PreTrainedModel):
+        family = family_of(model_id.config, f"the {type(model_id).__name__} passed as the base")
+        if not isinstance(model_id, family.encoder):
+            raise ConfigError(f"the base must be the bare encoder ({family.encoder.__name__}), got a "
+                              f"{type(model_id).__name__}; pass its .{family.prefix} or a checkpoint folder")
         return model_id
-    if isinstance(model_id, RobertaConfig):
+    if isinstance(model_id, PretrainedConfig):
         config = model_id
+        family_of(config, f"the {type(config).__name__} passed as the base")
         if attn_implementation is not None:
-            config = RobertaConfig(**{**config.to_dict(), "_attn_implementation": attn_implementation})
-        return RobertaModel(config, add_pooling_layer=False)
+            config = type(config)(**{**config.to_dict(), "_attn_implementation": attn_implementation})
+        return build_encoder(config)
     check_base_folder(str(model_id))
+    family = checkpoint_family(str(model_id))  # refuses an unsupported model_type before any weights are read
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         with _quiet_transformers():  # its load report would bury our one-line error
-            encoder, info = RobertaModel.from_pretrained(str(model_id), add_pooling_layer=False,
-                                                         output_loading_info=True, **kwargs)
+            encoder, info = family.encoder.from_pretrained(str(model_id), output_loading_info=True,
+                                                           **family.no_pooler, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
         if "mismatched_sizes" in str(error):
             raise ConfigError(f"the weights in {model_id} do not match its config.json (tensors of other shapes); "
@@ -62,6 +80,18 @@ def load_base_encoder(
             f"{len(mismatched)} of another shape, e.g. {shown}); is the weights file from another model?"
         )
     return encoder
+
+
+def base_model_type(model_id: BaseSpec) -> str:
+    """The family (`config.model_type`) of a base spec, without loading weights; ConfigError for an
+    unsupported one (listing the supported ones)."""
+    if isinstance(model_id, (PretrainedConfig, PreTrainedModel)):
+        config = model_id if isinstance(model_id, PretrainedConfig) else model_id.config
+        family_of(config, f"the {type(model_id).__name__} passed as the base")
+        return config.model_type
+    model_id = resolve_model(str(model_id))
+    check_base_folder(model_id)
+    return checkpoint_family(model_id).model_type
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""`AdapterConfig`: everything needed to rebuild a LoRA-adapted RoBERTa, stored as adapter_config.json.
+"""`AdapterConfig`: everything needed to rebuild a LoRA-adapted encoder, stored as adapter_config.json.
 
 Also reads that file (`read_adapter_config`), without torch: `roberta-lora inspect` and argument
 checks stay fast. The tensors file is written and read by `model.adapter_files`.
@@ -18,7 +18,7 @@ from typing import Any
 from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.fileio import read_safetensors_header, restore_interrupted_replace, strict_json
-from roberta_lora.lora.targets import resolve_targets
+from roberta_lora.lora.targets import MODEL_TYPES, resolve_targets
 
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -41,10 +41,14 @@ class AdapterConfig:
     label_names: names of the classes in index order (empty for regression and SQuAD).
     lora_rank: r of every LoRA layer. lora_alpha: the update is scaled by lora_alpha / lora_rank.
     lora_dropout: dropout on the LoRA branch input during training.
-    targets: adapted projections (see lora.targets.TARGET_PATHS); default query and value.
+    targets: adapted projections, by short names that mean the same in every family (see
+        lora.targets.LAYOUTS); default query and value.
     train_biases / train_layer_norms / train_embeddings: base tensors also trained and saved.
     head: "light" or "roberta" (GLUE only). head_dropout: dropout inside the head.
     base_model: the hub id or path the base was loaded from (informational; may be overridden).
+    model_type: the base's family (transformers' config.model_type: "roberta", "xlm-roberta", "camembert",
+        "bert" or "distilbert"); an adapter loads only on a base of its family. Files written before
+        this field existed are RoBERTa adapters, hence the default.
     base_fingerprint: hash of base weights the adapter was trained on; loading checks it.
     task: the task name (e.g. "sst2") when trained by the toolkit. metrics: validation results.
     method: "lora" (default); "head" (only the head trains, no LoRA); "full" (every parameter trains,
@@ -66,6 +70,7 @@ class AdapterConfig:
     head: str = "light"
     head_dropout: float = 0.1
     base_model: str | None = None
+    model_type: str = "roberta"
     base_fingerprint: str | None = None
     task: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +102,8 @@ class AdapterConfig:
                 problems.append(f"{name}={value!r} (expected a number in [0, 1))")
         if self.method not in METHODS:
             problems.append(f"method={self.method!r} (expected one of {list(METHODS)})")
+        if self.model_type not in MODEL_TYPES:
+            problems.append(f"model_type={self.model_type!r} (expected one of {list(MODEL_TYPES)})")
         if self.head not in HEAD_KINDS:
             problems.append(f"head={self.head!r} (expected one of {list(HEAD_KINDS)})")
         try:

@@ -17,10 +17,11 @@ import os
 from typing import Any
 
 import torch
-from transformers import RobertaConfig, RobertaModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from roberta_lora.choices import OPTIMIZERS as OPTIMIZER_CHOICES  # noqa: E402
 from roberta_lora.errors import ConfigError
+from roberta_lora.model.families import checkpoint_family
 
 QUANTIZE_CHOICES = ("4bit", "8bit")
 
@@ -65,20 +66,21 @@ def quantization_config(quantize: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_quantized_encoder(model_id: Any, quantize: str, attn_implementation: str | None = None) -> RobertaModel:
-    """Load a RoBERTa checkpoint with its linear layers quantized, on the current CUDA device.
+def load_quantized_encoder(model_id: Any, quantize: str, attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load an encoder checkpoint of a supported family with its linear layers quantized, on the current CUDA device.
 
     Non-quantized tensors (embeddings, LayerNorms, biases) are loaded in float32, so the ones
     an adapter trains keep full precision.
     """
     check_qlora_options(quantize)
-    if isinstance(model_id, (RobertaConfig, RobertaModel)) or model_id is None:
+    if isinstance(model_id, (PretrainedConfig, PreTrainedModel)) or model_id is None:
         raise ConfigError(f"--quantize {quantize} loads a checkpoint through bitsandbytes; pass a hub id or a "
                           f"local checkpoint directory, not a {type(model_id).__name__}")
+    family = checkpoint_family(str(model_id))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        return RobertaModel.from_pretrained(
-            str(model_id), add_pooling_layer=False, quantization_config=quantization_config(quantize),
+        return family.encoder.from_pretrained(
+            str(model_id), **family.no_pooler, quantization_config=quantization_config(quantize),
             dtype=torch.float32, device_map={"": torch.cuda.current_device()}, **kwargs,
         )
     except OSError as error:

@@ -1,19 +1,20 @@
 """Which tensors an adapter holds, and their names: what trains is exactly what is saved.
 
 Names are those of `LoraWrapperRoberta.named_parameters()`: "roberta.<encoder path>" for the
-encoder (LoRA factors, and the biases / LayerNorms / embeddings the config trains) and
-"classifier.*" or "qa_outputs.*" for the head.
+encoder of every family (LoRA factors, and the biases / LayerNorms / embeddings the config trains)
+and "classifier.*" or "qa_outputs.*" for the head.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import RobertaConfig, RobertaModel
+from transformers import PretrainedConfig
 
 from roberta_lora.lora.injection import inject_lora
 from roberta_lora.lora.layer import LoraLinear
 from roberta_lora.model.config import AdapterConfig, head_attribute
+from roberta_lora.model.families import build_encoder
 from roberta_lora.model.heads import build_head
 
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
@@ -72,12 +73,12 @@ def head_spec(config: AdapterConfig) -> tuple:
     return ("qa",) if config.task_type != "glue" else ("glue", config.head, config.num_classes)
 
 
-# Skeletons by what decides an adapter's tensor names and shapes: building one (a meta RobertaModel
+# Skeletons by what decides an adapter's tensor names and shapes: building one (a meta encoder
 # plus injection) is most of the cost of loading a named adapter, and a server loads many of one shape.
 _SKELETONS: dict[tuple, dict[str, torch.Tensor]] = {}
 
 
-def expected_tensors(config: AdapterConfig, encoder_config: RobertaConfig) -> dict[str, torch.Tensor]:
+def expected_tensors(config: AdapterConfig, encoder_config: PretrainedConfig) -> dict[str, torch.Tensor]:
     """Names and shapes (on the meta device, nothing allocated) of the tensors an adapter must hold."""
     key = (config.method, lora_spec(config), head_spec(config), config.train_biases, config.train_layer_norms,
            config.train_embeddings, encoder_config.to_json_string())
@@ -87,9 +88,9 @@ def expected_tensors(config: AdapterConfig, encoder_config: RobertaConfig) -> di
 
 
 @torch.no_grad()
-def _build_skeleton(config: AdapterConfig, encoder_config: RobertaConfig) -> dict[str, torch.Tensor]:
+def _build_skeleton(config: AdapterConfig, encoder_config: PretrainedConfig) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        encoder = RobertaModel(encoder_config, add_pooling_layer=False)
+        encoder = build_encoder(encoder_config)
         if config.method == "lora":
             inject_lora(encoder, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout)
         head = build_head(config, encoder_config)

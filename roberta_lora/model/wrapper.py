@@ -1,4 +1,9 @@
-"""`LoraWrapperRoberta`: a frozen RoBERTa encoder with LoRA, a task head and ONE adapter.
+"""`LoraWrapperRoberta`: a frozen encoder with LoRA, a task head and ONE adapter.
+
+The encoder is any supported RoBERTa- or BERT-family model (`model.families`: RoBERTa, XLM-R,
+CamemBERT, BERT, DistilBERT), loaded with its own transformers class and kept at `self.roberta`
+whatever its family, so adapter tensor names read "roberta.<encoder path>" in every family; the
+adapter records the family (`AdapterConfig.model_type`) and loads only on a base of that family.
 
 The model holds exactly one adapter at a time: its LoRA layers, the base tensors it trains
 (biases, LayerNorms, embeddings) and its head live in the model's modules, and
@@ -22,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import RobertaConfig, RobertaModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from roberta_lora._version import __version__
@@ -37,6 +42,7 @@ from roberta_lora.model.adapter_files import (
 )
 from roberta_lora.model.base import BaseSpec, load_base_encoder
 from roberta_lora.model.config import AdapterConfig, head_attribute, read_adapter_config
+from roberta_lora.model.families import family_of
 from roberta_lora.model.heads import build_head, set_dropout
 from roberta_lora.model.standalone import plain_encoder, standalone_model
 from roberta_lora.model.tensors import (
@@ -56,12 +62,14 @@ _SHAPE_FIELDS = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha"
 
 
 class LoraWrapperRoberta(nn.Module):
-    """RoBERTa with LoRA on the chosen projections, a task head, and everything else frozen.
+    """An encoder with LoRA on the chosen projections, a task head, and everything else frozen.
 
     Args:
         task_type: "glue" (classification, or regression when num_classes == 1), "squad_v1" or "squad_v2".
         num_classes: number of GLUE classes (1 = regression). Ignored for SQuAD (always start/end).
-        model_id: hub id ("roberta-base"), local checkpoint dir, a RobertaConfig (random weights) or a RobertaModel.
+        model_id: hub id ("roberta-base", "bert-base-uncased", ...), local checkpoint dir, a config (random
+            weights: RobertaConfig, BertConfig, DistilBertConfig, ...) or a bare encoder (RobertaModel, BertModel, ...).
+            Its config.model_type picks the family; an unsupported one is refused (ConfigError).
         lora_rank: r. lora_alpha: scale numerator (default: equal to r, i.e. scaling 1 as in the tutorial).
         lora_dropout: dropout on the LoRA branch. targets: "query,value" (default), "all-linear" or a list.
         train_biases / train_layer_norms / train_embeddings: which base tensors also train (and are saved).
@@ -115,7 +123,7 @@ class LoraWrapperRoberta(nn.Module):
             train_embeddings=train_embeddings,
             head=head,
             head_dropout=head_dropout,
-            base_model=None if isinstance(model_id, (RobertaConfig, RobertaModel)) else str(model_id),
+            base_model=None if isinstance(model_id, (PretrainedConfig, PreTrainedModel)) else str(model_id),
             task=task,
             method=method,
             package_version=__version__,
@@ -128,6 +136,7 @@ class LoraWrapperRoberta(nn.Module):
 
         self.roberta = load_base_encoder(model_id, attn_implementation, quantize)
         self.config = self.roberta.config
+        config.model_type = self.config.model_type  # the family: load_base_encoder accepted it
         # Computed before anything is trained or merged: this is "the base" adapters are checked against.
         config.base_fingerprint = base_fingerprint(self.roberta)
         self._adapter_config = config
@@ -203,13 +212,20 @@ class LoraWrapperRoberta(nn.Module):
         labels: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput | QuestionAnsweringModelOutput:
+        """Logits (and the loss when labels / positions are given) for a batch of token ids (B, T).
+
+        `token_type_ids` (B, T), the segment of each token, reach the encoder where the family uses
+        segments (BERT); RoBERTa-style families and DistilBERT have none and ignore them.
+        """
         if self.training and torch.is_grad_enabled() and self.merged:
             raise ConfigError(
                 "this model's LoRA is merged into the base weights (merge_adapter()), so training it would give "
                 "LoRA no gradient; call model.unmerge_adapter() before training, or model.eval() for inference"
             )
-        hidden = self.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        segments = {"token_type_ids": token_type_ids} if family_of(self.config).uses_token_types else {}
+        hidden = self.roberta(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state  # (B, T, H)
         if self.task_type == "glue":
             logits = self.head_module(hidden)  # (B, C)
             loss = None if labels is None else self._classification_loss(logits, labels)
@@ -254,7 +270,8 @@ class LoraWrapperRoberta(nn.Module):
 
     @torch.no_grad()
     def merged_encoder_state_dict(self, plain_base: bool = False) -> dict[str, torch.Tensor]:
-        """The encoder's tensors as a plain `RobertaModel` state dict (copies; the model is left as it was).
+        """The encoder's tensors as a plain encoder state dict (`RobertaModel`, `BertModel`, ... of the base's
+        family; copies, the model is left as it was).
 
         By default the adapter is folded in: W + delta for every LoRA layer (computed by
         `LoraLinear.delta_weight`, exactly as `merge()` does), the adapter's biases / LayerNorms /
@@ -284,17 +301,18 @@ class LoraWrapperRoberta(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """A standalone model with the adapter folded in; this model is left as it was.
 
-        SQuAD: transformers' `RobertaForQuestionAnswering`; GLUE with the "roberta" head:
-        `RobertaForSequenceClassification`; GLUE with the light head: `MergedLightClassifier`
-        (an encoder plus the light head). The copy costs one model's memory for a moment.
+        SQuAD: the family's `...ForQuestionAnswering` (`RobertaForQuestionAnswering`, `BertForQuestionAnswering`,
+        ...); GLUE with the "roberta" head: the family's `...ForSequenceClassification` (DistilBERT has none
+        with that head: `MergedClassifier`); GLUE with the light head: `MergedClassifier` (the encoder plus
+        the light head). See `model.standalone`. The copy costs one model's memory for a moment.
         """
         head = {n: t.detach().clone() for n, t in self.head_module.state_dict().items()}
         model = standalone_model(self._adapter_config, self.config, self.merged_encoder_state_dict(), head)
         return model.to(self._device()).train(self.training)
 
-    def unload(self) -> RobertaModel:
+    def unload(self) -> PreTrainedModel:
         """The plain base encoder (no LoRA; the base's own biases, LayerNorms and embeddings) as a new
-        `RobertaModel`; this model keeps its adapter."""
+        encoder of its family (`RobertaModel`, `BertModel`, ...); this model keeps its adapter."""
         encoder = plain_encoder(self.config, self.merged_encoder_state_dict(plain_base=True))
         return encoder.to(self._device()).train(self.training)
 
@@ -351,9 +369,21 @@ class LoraWrapperRoberta(nn.Module):
             self._pristine.update({name: live[name].detach().to("cpu", copy=True) for name in sorted(missing)})
 
     # ----------------------------------------------------------------------------- changing the adapter
+    def check_family(self, config: AdapterConfig, source: str | Path) -> None:
+        """Raise AdapterError when `config` was trained on a base of another family (model_type): its
+        tensors would land in another architecture. No override: train or import it for this family."""
+        ours = self._adapter_config
+        if config.model_type != ours.model_type:
+            raise AdapterError(
+                f"adapter {source} was trained on a {config.model_type!r} base ({config.base_model!r}) but this "
+                f"model's base is a {ours.model_type!r} model ({ours.base_model!r}); load it on a {config.model_type} "
+                f"base (--model), or train an adapter for the {ours.model_type} base"
+            )
+
     def check_base(self, config: AdapterConfig, source: str | Path, allow_base_mismatch: bool = False) -> None:
-        """Raise AdapterError when `config` was trained on another base (different fingerprint), unless
-        `allow_base_mismatch`, which only warns."""
+        """Raise AdapterError when `config` was trained on a base of another family (always), or on another
+        base (different fingerprint) unless `allow_base_mismatch`, which only warns."""
+        self.check_family(config, source)
         ours = self._adapter_config
         if config.base_fingerprint and ours.base_fingerprint and config.base_fingerprint != ours.base_fingerprint:
             message = (
@@ -386,10 +416,12 @@ class LoraWrapperRoberta(nn.Module):
         `LoraWrapperRoberta.from_adapter` on that adapter bit for bit. The model keeps its mode, and stays
         merged if it was. `config`'s base fields are replaced by this model's base.
 
-        Raises AdapterError when the tensors do not fit `config` on this base.
+        Raises AdapterError when `config` is of another family (model_type) or the tensors do not fit it
+        on this base.
         """
         self._require_enabled("change the adapter")
         config.validate()
+        self.check_family(config, source)
         if config.method == "full" and any(not p.is_floating_point() for p in self.roberta.parameters()):
             raise AdapterError(f"{source} replaces every base weight (method 'full'); it cannot be loaded on a "
                                "quantized base: load it on a full-precision one")
@@ -472,6 +504,7 @@ class LoraWrapperRoberta(nn.Module):
             )
         self._require_enabled("load an adapter")
         config, digest = read_adapter_config(directory)
+        self.check_family(config, directory)
         self.check_same_shape(config, directory)
         self.check_base(config, directory, allow_base_mismatch)
         tensors = read_adapter_tensors(directory, digest)
