@@ -10,13 +10,13 @@ seed) that task starts from; `train-all` chains those runs. See recipes/README.m
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roberta_lora.data.tasks import bundled_folder
 from roberta_lora.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -66,13 +66,7 @@ class NamedRecipe:
 def recipes_dir() -> Path:
     """The bundled recipe files: $ROBERTA_LORA_RECIPES_DIR, `recipes/` beside the package (checkout or
     editable install), else the `recipe_files` resource of an installed wheel."""
-    env = os.environ.get(RECIPES_DIR_ENV)
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "recipes"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(importlib.resources.files("roberta_lora") / "recipe_files"))
+    return bundled_folder(RECIPES_DIR_ENV, "recipes", "recipe_files")
 
 
 def available_recipes() -> list[str]:

@@ -181,13 +181,19 @@ def tasks_dir() -> Path:
     ROBERTA_LORA_TASKS_DIR wins; then `tasks/` next to the package (source checkout or
     editable install); then the `task_files` resource inside an installed wheel.
     """
-    env = os.environ.get(TASKS_DIR_ENV)
+    return bundled_folder(TASKS_DIR_ENV, "tasks", "task_files")
+
+
+def bundled_folder(env_var: str, checkout: str, resource: str) -> Path:
+    """A folder of data files shipped with the package: $`env_var`, else `<checkout>/` beside the package
+    (a source checkout or an editable install), else the `<resource>` package inside an installed wheel."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "tasks"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(importlib.resources.files("roberta_lora") / "task_files"))
+    folder = Path(__file__).resolve().parents[2] / checkout
+    if folder.is_dir():
+        return folder
+    return Path(str(importlib.resources.files("roberta_lora") / resource))
 
 
 def available_tasks() -> list[str]:
