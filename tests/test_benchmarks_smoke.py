@@ -152,3 +152,15 @@ def test_layer_breakdown_times_every_part_forward_and_backward(tmp_path: Path) -
     assert all(float(cell) > 0 for row in rows[:-2] for cell in row[1:4])
     with pytest.raises(SystemExit):
         script.parse_args(["--variants", "peft,roberta-lora"])  # the differences need the limit
+
+
+def test_serve_benchmark_measures_every_variant_through_the_real_server(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    output = tmp_path / "serve.md"
+    load_script("serve").main(["--adapters", "1,2", "--requests", "12", "--concurrency", "3", "--size", "tiny",
+                               "--output", str(output)])
+    header, rows = table_rows(output.read_text(), "adapters")
+    assert header == ["adapters", "variant", "examples/s", "p50 ms", "p99 ms"]
+    assert [(r[0], r[1]) for r in rows] == [(n, v) for n in ("1", "2") for v in ("mixed", "grouped", "merged")]
+    assert all(float(r[2]) > 0 and 0 < float(r[3]) <= float(r[4]) for r in rows)
+    assert "mixed / grouped = **" in output.read_text() and "mixed / merged = **" in output.read_text()

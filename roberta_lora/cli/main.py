@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from roberta_lora._version import __version__
-from roberta_lora.cli import adapters, data, hub, model, report, sweep, train
+from roberta_lora.cli import adapters, data, hub, model, report, serve, sweep, train
 from roberta_lora.errors import RobertaLoraError
 
 # Modules that add subcommands, in the order `--help` lists them; each has `register(subparsers) -> None`.
-COMMAND_MODULES = (model, data, train, sweep, report, adapters, hub)
+COMMAND_MODULES = (model, data, train, sweep, report, adapters, hub, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

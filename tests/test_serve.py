@@ -1,0 +1,283 @@
+"""`roberta-lora serve`: the real server on a loopback port, answered by a real httpx client.
+
+Four adapters of different tasks on one toy base; every answer must equal the offline `Predictor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+fastapi = pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+prometheus_client = pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from roberta_lora.evaluation.predict import Predictor  # noqa: E402
+from roberta_lora.model.toy import DEFAULT_CORPUS  # noqa: E402
+from roberta_lora.model.wrapper import LoraWrapperRoberta  # noqa: E402
+from roberta_lora.serving.app import ServeConfig, create_app  # noqa: E402
+
+ADAPTERS = {
+    "sst2": {"num_classes": 2, "label_names": ["negative", "positive"], "task": "sst2"},
+    "mnli": {"num_classes": 3, "label_names": ["entailment", "neutral", "contradiction"], "task": "mnli",
+             "lora_rank": 4},
+    "stsb": {"num_classes": 1, "task": "stsb", "lora_rank": 2},
+    "squad": {"task_type": "squad_v2", "task": "squad_v2", "lora_rank": 6},
+}
+LONG_CONTEXT = " ".join(DEFAULT_CORPUS * 3)  # several windows at max_length 64
+TEXTS = [s for s in DEFAULT_CORPUS] + ["Great!", "bad", "The author wrote it in Paris, not in Denver."]
+
+
+def example(adapter: str, i: int) -> dict:
+    text, other = TEXTS[i % len(TEXTS)], TEXTS[(i * 7 + 3) % len(TEXTS)]
+    if adapter == "squad":
+        context = LONG_CONTEXT if i % 3 == 0 else other + " " + text
+        return {"adapter": adapter, "question": text, "context": context}
+    if adapter == "sst2":
+        return {"adapter": adapter, "text": text}
+    return {"adapter": adapter, "text": text, "text_pair": other}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The toy model's matmuls are tiny: on a small CI box, intra-op threads cost 20x more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve-adapters")
+    for seed, (name, kwargs) in enumerate(ADAPTERS.items()):
+        model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=0, **kwargs)
+        generator = torch.Generator().manual_seed(seed + 20)
+        with torch.no_grad():  # non-zero B (as after training), so every adapter answers differently
+            for tensor in model.adapter_state_dict().values():
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.3)
+        model.eval().save_adapter(root / name, metrics={"accuracy": 0.5 + seed / 10})
+    config_file = root / "squad" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(max_length=64, doc_stride=24)  # long contexts become several windows
+    config_file.write_text(json.dumps(config))
+    return {name: root / name for name in ADAPTERS}
+
+
+@pytest.fixture(scope="module")
+def offline(adapter_dirs, tiny_model_dir):
+    """expected(input) -> the offline Predictor's result for that input."""
+    predictors = {n: Predictor(d, model_id=str(tiny_model_dir)) for n, d in adapter_dirs.items()}
+
+    def expected(item: dict) -> dict:
+        predictor = predictors[item["adapter"]]
+        if item["adapter"] == "squad":
+            return predictor.predict([item["question"]], [item["context"]])[0]
+        return predictor.predict([item["text"]], [item["text_pair"]] if "text_pair" in item else None)[0]
+
+    return expected
+
+
+def assert_same(got: dict, want: dict) -> None:
+    if "answer" in want:
+        assert got["answer"] == want["answer"]
+        return
+    assert got.keys() == want.keys()
+    assert abs(got["score"] - want["score"]) <= 1e-5
+    if "label" in want:
+        assert got["label"] == want["label"]
+        for name, p in want["scores"].items():
+            assert abs(got["scores"][name] - p) <= 1e-5
+
+
+class RunningServer:
+    """uvicorn.Server on a free 127.0.0.1 port in a background thread."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def serve_config(tiny_model_dir, adapter_dirs, **kwargs) -> ServeConfig:
+    return ServeConfig(model=str(tiny_model_dir), adapters={n: str(d) for n, d in adapter_dirs.items()},
+                       engine=kwargs.pop("engine", "grouped"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, adapter_dirs):
+    with RunningServer(serve_config(tiny_model_dir, adapter_dirs)) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def metric_samples(client) -> dict[tuple, float]:
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_predict_equals_offline_predictor_for_every_task(client, offline):
+    inputs = [example(a, i) for i in range(6) for a in ADAPTERS]
+    response = client.post("/predict", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(inputs)
+    for item, got in zip(inputs, results, strict=True):
+        assert_same(got, offline(item))
+    assert set(results[0]) == {"label", "score", "scores"} and set(results[2]) == {"score"}
+    assert "answer" in results[3] and "nbest" in results[3]
+
+
+def test_health_adapters_and_metrics(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["adapters"] == 4
+    listed = {a["name"]: a for a in client.get("/adapters").json()["adapters"]}
+    assert set(listed) == set(ADAPTERS)
+    assert listed["mnli"]["labels"] == ["entailment", "neutral", "contradiction"]
+    assert listed["squad"]["task_type"] == "squad_v2" and listed["stsb"]["task"] == "stsb"
+    assert listed["sst2"]["metrics"] == {"accuracy": 0.5} and listed["sst2"]["size_bytes"] > 0
+    client.post("/predict", json={"inputs": [example("sst2", 1)]})
+    samples = metric_samples(client)
+    assert samples[("serve_examples_total", (("adapter", "sst2"),))] >= 1
+    assert samples[("serve_requests_total", (("endpoint", "POST /predict"), ("status", "200")))] >= 1
+    assert samples[("serve_batch_size_count", ())] >= 1
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"inputs": [{"adapter": "nope", "text": "x"}]}, 404, ["nope", "sst2"]),
+    ({"inputs": [{"adapter": "sst2", "text": "   "}]}, 422, ["inputs[0]", "empty"]),
+    ({"inputs": [{"adapter": "sst2", "text": "a" * 20_001}]}, 413, ["characters", "max-text-chars"]),
+    ({"inputs": [{"adapter": "sst2"}]}, 422, ['missing "text"']),
+    ({"inputs": [{"adapter": "sst2", "text": 5}]}, 422, ["inputs[0].text", "string"]),
+    ({"inputs": [{"text": "x"}]}, 422, ["inputs[0].adapter", "missing"]),
+    ({"inputs": [{"adapter": "sst2", "text": "x", "colour": 1}]}, 422, ["colour", "unknown field"]),
+    ({"inputs": [{"adapter": "squad", "question": "Who?"}]}, 422, ['missing "context"', "SQuAD"]),
+    ({"inputs": [{"adapter": "squad", "text": "Who?"}]}, 422, ['missing "question"']),
+    ({"inputs": [{"adapter": "sst2", "question": "q", "text": "t"}]}, 422, ['"question" does not apply']),
+    ({"inputs": []}, 422, ["empty"]),
+    ({"inputs": [{"adapter": "sst2", "text": "x"}] * 65}, 413, ["65 inputs", "max-inputs 64"]),
+    ({"input": []}, 422, ["inputs", "missing"]),
+    ([1, 2], 422, ["body"]),
+])
+def test_bad_requests_get_a_clear_4xx(client, body, status, words):
+    response = client.post("/predict", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    for word in words:
+        assert word in error
+
+
+def test_invalid_json_and_adapter_errors(client, tmp_path):
+    response = client.post("/predict", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    response = client.post("/adapters", json={"name": "x", "path": str(tmp_path)})
+    assert response.status_code == 422 and "adapter_config.json" in response.json()["error"]
+    response = client.post("/adapters", json={"name": "sst2", "path": str(tmp_path)})
+    assert response.status_code == 409 and "already served" in response.json()["error"]
+    response = client.post("/adapters", json={"name": "bad name!", "path": str(tmp_path)})
+    assert response.status_code == 422 and "not valid" in response.json()["error"]
+    response = client.delete("/adapters/ghost")
+    assert response.status_code == 404 and "ghost" in response.json()["error"]
+    assert client.post("/predict", json={"inputs": [example("sst2", 0)]}).status_code == 200  # still serving
+
+
+def test_load_and_unload_at_run_time(client, adapter_dirs, offline):
+    response = client.post("/adapters", json={"name": "sst2-copy", "path": str(adapter_dirs["sst2"])})
+    assert response.status_code == 201, response.text
+    assert response.json()["task"] == "sst2"
+    item = example("sst2", 4)
+    got = client.post("/predict", json={"inputs": [{**item, "adapter": "sst2-copy"}]}).json()["results"][0]
+    assert_same(got, offline(item))
+    assert client.delete("/adapters/sst2-copy").json() == {"deleted": "sst2-copy"}
+    response = client.post("/predict", json={"inputs": [{**item, "adapter": "sst2-copy"}]})
+    assert response.status_code == 404 and "sst2-copy" in response.json()["error"]
+
+
+def test_pool_evicts_under_a_tiny_budget_and_reloads_the_same_answers(tiny_model_dir, adapter_dirs, offline):
+    config = serve_config(tiny_model_dir, adapter_dirs, max_adapter_memory_mb=0.001)  # less than one adapter
+    with RunningServer(config) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        assert len(client.get("/health").json()["loaded"]) == 1  # each load evicted the one before
+        for round_ in range(2):
+            for adapter in ADAPTERS:
+                item = example(adapter, round_)
+                got = client.post("/predict", json={"inputs": [item]}).json()["results"][0]
+                assert_same(got, offline(item))
+                assert client.get("/health").json()["loaded"] == [adapter]
+        samples = metric_samples(client)
+        assert samples[("serve_adapter_evictions_total", ())] >= 8
+        assert samples[("serve_adapter_loads_total", ())] >= 12
+
+
+def test_load_2000_requests_from_32_clients(server, offline):
+    inputs = [example(a, i) for i in range(12) for a in ADAPTERS]
+    expected = [offline(item) for item in inputs]
+    requests, clients = 2000, 32
+
+    async def run() -> list[tuple[int, int, dict]]:
+        answers: list[tuple[int, int, dict]] = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     limits=httpx.Limits(max_connections=clients)) as client:
+            async def worker(k: int) -> None:
+                for n in range(k, requests, clients):
+                    index = (n * 5) % len(inputs)
+                    response = await client.post("/predict", json={"inputs": [inputs[index]]})
+                    answers.append((index, response.status_code, response.json()))
+            await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(clients))), timeout=120)
+        return answers
+
+    started = time.monotonic()
+    answers = asyncio.run(run())
+    elapsed = time.monotonic() - started
+    print(f"\nload test: {requests} requests, {clients} clients, {elapsed:.1f} s, {requests / elapsed:.0f} req/s")
+    assert len(answers) == requests
+    assert [s for _, s, _ in answers if s != 200] == []
+    for index, _, body in answers:
+        assert_same(body["results"][0], expected[index])
+    with httpx.Client(base_url=server.url) as client:
+        samples = metric_samples(client)
+    single = samples[("serve_batch_size_bucket", (("le", "1.0"),))]
+    assert samples[("serve_batch_size_count", ())] > single  # some batches held more than one example
+
+
+def test_mixed_engine_equals_offline_predictor(tiny_model_dir, adapter_dirs, offline):
+    pytest.importorskip("roberta_lora.adapters.batched")
+    inputs = [example(a, i) for i in range(4) for a in ADAPTERS]
+    with RunningServer(serve_config(tiny_model_dir, adapter_dirs, engine="mixed")) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as client:
+        assert client.get("/health").json()["engine"] == "MixedEngine"
+        response = client.post("/predict", json={"inputs": inputs})
+        assert response.status_code == 200, response.text
+        for item, got in zip(inputs, response.json()["results"], strict=True):
+            assert_same(got, offline(item))
