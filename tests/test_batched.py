@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_multi_adapter import trained_model
 
 from roberta_lora.adapters.batched import BatchedAdapters, BatchedLinear
 from roberta_lora.errors import AdapterError, ConfigError
@@ -24,16 +25,6 @@ ADAPTERS = {
     "probe": {"num_classes": 2, "method": "head"},
 }
 ATOL = 1e-5
-
-
-def trained_model(base_dir: Path, seed: int, **kwargs) -> LoraWrapperRoberta:
-    """A model whose every adapter tensor differs from its initial value (as after training)."""
-    model = LoraWrapperRoberta(model_id=str(base_dir), seed=0, **kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.adapter_state_dict().values():
-            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
-    return model.eval()
 
 
 def save_adapters(base_dir: Path, root: Path, specs: dict[str, dict]) -> dict[str, Path]:

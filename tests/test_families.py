@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_multi_adapter import trained_model
 from transformers import (
     AutoTokenizer,
     BertForSequenceClassification,
@@ -76,14 +77,7 @@ def inputs(base: Path) -> dict[str, torch.Tensor]:
     return dict(AutoTokenizer.from_pretrained(base)(*TEXTS, padding=True, return_tensors="pt"))
 
 
-def trained(base: Path, seed: int, **kwargs) -> LoraWrapperRoberta:
-    """A model whose every adapter tensor moved away from its initial value (as after training)."""
-    model = LoraWrapperRoberta(model_id=str(base), seed=0, **kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.adapter_state_dict().values():
-            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
-    return model.eval()
+trained = trained_model  # (base, seed, **kwargs): a model whose adapter tensors moved as after training
 
 
 def logits(model, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
