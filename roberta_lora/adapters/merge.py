@@ -33,6 +33,7 @@ from roberta_lora.fileio import atomic_write_json
 from roberta_lora.model.families import checkpoint_family
 from roberta_lora.model.standalone import HEAD_FILES, KINDS, MergedClassifier, merged_kind
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.sources import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def _save_tokenizer(source: str | Path | None, directory: Path) -> str | None:
     from transformers import AutoTokenizer
 
     try:
-        AutoTokenizer.from_pretrained(str(source)).save_pretrained(directory)
-    except (OSError, ValueError) as error:
+        AutoTokenizer.from_pretrained(resolve_model(str(source))).save_pretrained(directory)
+    except (OSError, ValueError, ConfigError) as error:
         logger.warning("could not copy a tokenizer from %s (%s); the merged folder has none",
                        source, str(error).splitlines()[0])
         return None
