@@ -190,6 +190,17 @@ def split_revision(hub_id: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def adapter_folder(adapter: str | Path) -> Path:
+    """For the Python API (`load_adapter`, `from_adapter`): an existing folder, an absolute or relative path
+    as given (its own errors name it), or a Hub repo id `user/name[@rev]` resolved by `resolve_adapter`."""
+    text = str(adapter)
+    repo = split_revision(text)[0]
+    if os.path.isdir(os.path.expanduser(text)) or os.path.isabs(text) or text.startswith(("." , "~")) \
+            or repo.count("/") != 1 or not is_repo_id(repo):
+        return Path(adapter)
+    return resolve_adapter(text)
+
+
 def is_repo_id(repo_id: str) -> bool:
     """Whether `repo_id` is a valid hub repo id (`name` or `org/name`), by huggingface_hub's own rule."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import torch
 from huggingface_hub import ModelCard, constants
 
 from roberta_lora import sources
@@ -248,6 +249,23 @@ def test_offline_an_adapter_repo_resolves_to_its_cached_snapshot_and_loads(tmp_p
     assert os.path.realpath(resolve_adapter("alice/sst2-lora@v1")) == os.path.realpath(tagged)
     config, _ = read_adapter_config(resolve_adapter("alice/sst2-lora"))
     assert config.task == "sst2" and config.metrics == {"accuracy": 0.9}
+
+
+def test_the_python_api_loads_adapters_by_repo_id_from_the_cache(tmp_path: Path, hf_cache: Path) -> None:
+    from roberta_lora.adapters.bank import AdapterBank
+
+    local = make_adapter(tmp_path / "saved")
+    add_to_cache(hf_cache, "alice/sst2-lora", adapter_files(local), COMMIT_A, refs=("main",))
+    # (a random toy base each time: its fingerprint differs, which is not what this test is about)
+    by_id = LoraWrapperRoberta.from_adapter("alice/sst2-lora", model_id=toy_config(400), allow_base_mismatch=True)
+    by_folder = LoraWrapperRoberta.from_adapter(local, model_id=toy_config(400), allow_base_mismatch=True)
+    assert all(torch.equal(by_id.adapter_state_dict()[n], t) for n, t in by_folder.adapter_state_dict().items())
+    by_id.load_adapter("alice/sst2-lora@main", allow_base_mismatch=True)
+    bank = AdapterBank(by_id)
+    bank.load_adapter("alice/sst2-lora", "second", allow_base_mismatch=True)
+    assert bank.adapters == ["default", "second"]
+    with pytest.raises(ConfigError, match="not in the local cache"):
+        bank.load_adapter("alice/missing", "third")
 
 
 def test_offline_a_missing_adapter_repo_says_it_is_not_cached(hf_cache: Path) -> None:

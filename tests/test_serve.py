@@ -127,7 +127,7 @@ class RunningServer:
 
 def serve_config(tiny_model_dir, adapter_dirs, **kwargs) -> ServeConfig:
     return ServeConfig(model=str(tiny_model_dir), adapters={n: str(d) for n, d in adapter_dirs.items()},
-                       engine=kwargs.pop("engine", "grouped"), **kwargs)
+                       engine=kwargs.pop("engine", "mixed"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -271,13 +271,28 @@ def test_load_2000_requests_from_32_clients(server, offline):
     assert samples[("serve_batch_size_count", ())] > single  # some batches held more than one example
 
 
-def test_mixed_engine_equals_offline_predictor(tiny_model_dir, adapter_dirs, offline):
-    pytest.importorskip("roberta_lora.adapters.batched")
+def test_the_grouped_engine_equals_offline_predictor(tiny_model_dir, adapter_dirs, offline):
     inputs = [example(a, i) for i in range(4) for a in ADAPTERS]
-    with RunningServer(serve_config(tiny_model_dir, adapter_dirs, engine="mixed")) as running, \
+    with RunningServer(serve_config(tiny_model_dir, adapter_dirs, engine="grouped")) as running, \
             httpx.Client(base_url=running.url, timeout=30) as client:
-        assert client.get("/health").json()["engine"] == "MixedEngine"
+        assert client.get("/health").json()["engine"] == "GroupedEngine"
         response = client.post("/predict", json={"inputs": inputs})
         assert response.status_code == 200, response.text
         for item, got in zip(inputs, response.json()["results"], strict=True):
             assert_same(got, offline(item))
+
+
+def test_shutdown_answers_the_requests_in_flight(tiny_model_dir, adapter_dirs, offline):
+    """A request queued in the batcher when the server is told to stop still gets its answer."""
+    item = example("sst2", 1)
+    answers: list[httpx.Response] = []
+    running = RunningServer(serve_config(tiny_model_dir, adapter_dirs, batch_window_ms=800))
+    with running:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            sender = threading.Thread(target=lambda: answers.append(client.post("/predict", json={"inputs": [item]})))
+            sender.start()
+            time.sleep(0.3)  # the request waits in its 800 ms batch window
+            running.server.should_exit = True
+            sender.join(timeout=30)
+    assert len(answers) == 1 and answers[0].status_code == 200, answers
+    assert_same(answers[0].json()["results"][0], offline(item))

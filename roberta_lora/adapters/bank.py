@@ -27,6 +27,7 @@ from roberta_lora.model.adapter_files import check_tensors, read_adapter_tensors
 from roberta_lora.model.base import BaseSpec
 from roberta_lora.model.config import AdapterConfig, read_adapter_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.sources import adapter_folder
 
 DEFAULT_ADAPTER = "default"
 
@@ -110,6 +111,7 @@ class AdapterBank(nn.Module):
         for a name already in use.
         """
         self._check_new_name(adapter_name)
+        directory = adapter_folder(directory)  # a folder, or a Hub repo id user/name[@rev]
         config, digest = read_adapter_config(directory)
         self.model.check_base(config, directory, allow_base_mismatch)
         tensors = read_adapter_tensors(directory, digest)

@@ -53,6 +53,7 @@ from roberta_lora.model.tensors import (
     lora_spec,
     overwritten_base_names,
 )
+from roberta_lora.sources import adapter_folder
 
 logger = logging.getLogger(__name__)
 
@@ -503,6 +504,7 @@ class LoraWrapperRoberta(nn.Module):
                 "bank.load_adapter(dir, name); bank.set_adapter(name)"
             )
         self._require_enabled("load an adapter")
+        directory = adapter_folder(directory)  # a folder, or a Hub repo id user/name[@rev]
         config, digest = read_adapter_config(directory)
         self.check_family(config, directory)
         self.check_same_shape(config, directory)
@@ -528,7 +530,8 @@ class LoraWrapperRoberta(nn.Module):
             allow_base_mismatch: load even when the base fingerprint differs (warns).
             quantize: "4bit" / "8bit" to load the base through bitsandbytes (CUDA only).
         """
-        config, _ = read_adapter_config(Path(directory))
+        directory = adapter_folder(directory)  # a folder, or a Hub repo id user/name[@rev]
+        config, _ = read_adapter_config(directory)
         base = model_id if model_id is not None else config.base_model
         if base is None:
             raise AdapterError(f"adapter {directory} records no base model; pass model_id (CLI: --model)")
