@@ -1,6 +1,6 @@
 """Helpers for the robustness tests: safetensors surgery, resource guards, run-folder checks, and
-`TrainingForkServer`: one Python process that imports the toolkit once, then forks a fresh
-training process per request, so a SIGKILL test can afford many short-lived training processes.
+`ForkServer`: one Python process that imports the toolkit once, then forks a fresh CLI process
+per request, so the SIGKILL and bad-input tests can afford many short-lived commands.
 """
 
 from __future__ import annotations
@@ -113,52 +113,78 @@ def check_run_files(run_dir: Path) -> list[str]:
     return leftovers
 
 
-# ----------------------------------------------------------------------------- training processes
+# ----------------------------------------------------------------------------- CLI processes
 SERVER_CODE = r"""
 import json, os, signal, sys, traceback
-# Import everything a training run needs once; each forked child then starts in milliseconds.
-import roberta_lora.cli.main, roberta_lora.training.loop, roberta_lora.cli.train, roberta_lora.evaluation.evaluate
+# Import what the commands need once; each forked child then starts in milliseconds.
+import roberta_lora.cli.main, roberta_lora.cli.train, roberta_lora.training.loop, roberta_lora.training.train_all
+import roberta_lora.evaluation.evaluate, roberta_lora.evaluation.predict, roberta_lora.evaluation.scoring
+import roberta_lora.adapters.merge, roberta_lora.adapters.peft, roberta_lora.data.readers, roberta_lora.model.wrapper
 import datasets, matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot
 
+def redirect(request):
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    if request["stderr"] is None:  # one log for both streams, appended to (a resumed run adds to its log)
+        log = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+    else:
+        os.dup2(os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+
+def kill_when_committing(kill_at):
+    # A commit is an os.replace of a file or a new folder, or the renameat2 exchange that swaps a
+    # whole adapter folder in (roberta_lora.fileio): count both, by their destination path.
+    import roberta_lora.fileio as fileio
+    seen = [0]
+    def commit(dst, do):
+        if str(dst) == kill_at["path"]:
+            seen[0] += 1
+            if seen[0] == kill_at["occurrence"]:
+                print(f"SELF-KILL {kill_at['when']} committing {dst}", flush=True)
+                if kill_at["when"] == "after":
+                    do()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return do()
+    real_replace, real_factory = os.replace, fileio._renameat2
+    os.replace = lambda src, dst, *a, **k: commit(dst, lambda: real_replace(src, dst, *a, **k))
+    def factory():
+        call = real_factory()
+        return None if call is None else (
+            lambda old, new, flags: commit(os.fsdecode(new), lambda: call(old, new, flags)))
+    fileio._renameat2 = factory
+
 def child(request):
     code = 70
     try:
-        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        kill_at = request.get("kill_at")  # {"path", "occurrence", "when": "before" | "after"}
-        if kill_at:
-            # A commit is an os.replace of a file or a new folder, or the renameat2 exchange that swaps a
-            # whole adapter folder in (roberta_lora.fileio): count both, by their destination path.
-            import roberta_lora.fileio as fileio
-            seen = [0]
-            def commit(dst, do):
-                if str(dst) == kill_at["path"]:
-                    seen[0] += 1
-                    if seen[0] == kill_at["occurrence"]:
-                        print(f"SELF-KILL {kill_at['when']} committing {dst}", flush=True)
-                        if kill_at["when"] == "after":
-                            do()
-                        os.kill(os.getpid(), signal.SIGKILL)
-                return do()
-            real_replace, real_factory = os.replace, fileio._renameat2
-            os.replace = lambda src, dst, *a, **k: commit(dst, lambda: real_replace(src, dst, *a, **k))
-            def factory():
-                call = real_factory()
-                return None if call is None else (
-                    lambda old, new, flags: commit(os.fsdecode(new), lambda: call(old, new, flags)))
-            fileio._renameat2 = factory
+        if request["cwd"]:
+            os.chdir(request["cwd"])
+        os.environ.update(request["env"])
+        redirect(request)
+        if request["kill_at"]:
+            kill_when_committing(request["kill_at"])
+        if request["timeout"]:
+            signal.alarm(request["timeout"])  # a hang ends the child (exit -14) instead of the test run
         code = roberta_lora.cli.main.main(request["argv"])
+        code = code if isinstance(code, int) else 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        if exit_.code is None:
+            code = 0
+        elif isinstance(exit_.code, int):
+            code = exit_.code
+        else:
+            print(exit_.code, file=sys.stderr)
+            code = 1
     except BaseException:
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 print("ready", flush=True)
 for line in sys.stdin:
@@ -170,24 +196,27 @@ for line in sys.stdin:
         print(json.dumps({"pid": pid}), flush=True)
     elif request["op"] == "wait":
         _, status = os.waitpid(request["pid"], 0)
-        print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+        print(json.dumps({"pid": request["pid"], "exit": os.waitstatus_to_exitcode(status)}), flush=True)
+    elif request["op"] == "wait_any":
+        pid, status = os.wait()
+        print(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}), flush=True)
 """
 
 
-class TrainingForkServer:
-    """One process that has imported the toolkit and forks a training process per `start()`.
+class ForkServer:
+    """One process that has imported the toolkit and forks a CLI process per `start()`.
 
-    A forked child runs `roberta_lora.cli.main(argv)` (the `roberta-lora` command line) with its
-    output appended to a log file. `kill_at=(path, k, "before" | "after")` makes it SIGKILL itself
+    A forked child runs `roberta_lora.cli.main(argv)` (the `roberta-lora` command line), in `cwd` with
+    `env` added, its output in files. `kill_at=(path, k, "before" | "after")` makes it SIGKILL itself
     when it commits `path` (an atomic write's os.replace, or the exchange that swaps an adapter folder
-    in) for the k-th time, just before or just
-    after the rename: a kill at an exact point between two file writes.
+    in) for the k-th time, just before or just after the rename: a kill at an exact point between two
+    file writes. `timeout` seconds end a hung child with SIGALRM.
     """
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=env, cwd=str(Path(__file__).resolve().parents[2]),
+            env=env, cwd=str(cwd or Path(__file__).resolve().parents[2]),
         )
         assert self._read() == "ready"
 
@@ -195,7 +224,7 @@ class TrainingForkServer:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"training server exited with {self.process.wait()}")
+            raise RuntimeError(f"fork server exited with {self.process.wait()}")
         return line.strip()
 
     def _send(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -204,16 +233,26 @@ class TrainingForkServer:
         self.process.stdin.flush()
         return json.loads(self._read())
 
-    def start(self, argv: list[str], log: Path, kill_at: tuple[Path, int, str] | None = None) -> int:
-        request: dict[str, Any] = {"op": "start", "argv": argv, "log": str(log)}
-        if kill_at is not None:
-            path, occurrence, when = kill_at
-            request["kill_at"] = {"path": str(path), "occurrence": occurrence, "when": when}
-        return self._send(request)["pid"]
+    def start(self, argv: list[str], log: Path, *, split_streams: bool = False, cwd: Path | None = None,
+              env: dict[str, str] | None = None, timeout: int | None = None,
+              kill_at: tuple[Path, int, str] | None = None) -> int:
+        """Fork a child; its stdout and stderr are appended to `log`, or with `split_streams` written
+        to `<log>.stdout` and `<log>.stderr`. Returns the child's pid."""
+        path, occurrence, when = kill_at if kill_at is not None else (None, 0, "")
+        return self._send({
+            "op": "start", "argv": argv, "cwd": str(cwd) if cwd else None, "env": env or {}, "timeout": timeout,
+            "stdout": f"{log}.stdout" if split_streams else str(log), "stderr": f"{log}.stderr" if split_streams else None,
+            "kill_at": {"path": str(path), "occurrence": occurrence, "when": when} if kill_at is not None else None,
+        })["pid"]
 
     def wait(self, pid: int) -> int:
         """The child's exit code (negative: killed by that signal)."""
         return self._send({"op": "wait", "pid": pid})["exit"]
+
+    def wait_any(self) -> tuple[int, int]:
+        """(pid, exit code) of the next child to end (negative: killed by that signal)."""
+        answer = self._send({"op": "wait_any"})
+        return answer["pid"], answer["exit"]
 
     def close(self) -> None:
         """Stop the server (every child has been waited for; a clean interpreter exit would take seconds)."""

@@ -22,8 +22,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -33,119 +31,12 @@ from typing import Any
 import pytest
 
 from .bad_input_cases import CASES, CATEGORIES, Case, SkipCase, Workspace
+from .helpers import ForkServer
 from fixtures_glue import squad_document, write_glue_fixture
 
 MAX_STDERR = 2048
 CASE_TIMEOUT_S = 40  # SIGALRM in the child: a hang is reported as such, not waited for
 PARALLEL = max(2, min(4, (os.cpu_count() or 2) + 1))
-
-SERVER_CODE = r"""
-import json, os, signal, sys, traceback
-import roberta_lora.cli.main
-# Import what the commands need once; each forked child then starts in milliseconds.
-import roberta_lora.training.loop, roberta_lora.training.train_all, roberta_lora.evaluation.evaluate
-import roberta_lora.evaluation.predict, roberta_lora.evaluation.scoring, roberta_lora.adapters.merge
-import roberta_lora.adapters.peft, roberta_lora.data.readers, roberta_lora.model.wrapper
-import datasets, matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot
-
-def child(request):
-    code = 70
-    try:
-        os.chdir(request["cwd"])
-        os.environ.update(request["env"])
-        null = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        kill_after = request.get("kill_after")  # SIGKILL right after this file is committed (renamed into place)
-        if kill_after:
-            real_replace = os.replace
-            def replace(src, dst, *args, **kwargs):
-                result = real_replace(src, dst, *args, **kwargs)
-                if str(dst) == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return result
-            os.replace = replace
-        signal.alarm(request["timeout"])
-        code = roberta_lora.cli.main.main(request["argv"])
-        code = code if isinstance(code, int) else 0
-    except SystemExit as exit_:
-        if exit_.code is None:
-            code = 0
-        elif isinstance(exit_.code, int):
-            code = exit_.code
-        else:
-            print(exit_.code, file=sys.stderr)
-            code = 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-print("ready", flush=True)
-for line in sys.stdin:
-    request = json.loads(line)
-    if request["op"] == "start":
-        pid = os.fork()
-        if pid == 0:
-            child(request)
-        print(json.dumps({"pid": pid}), flush=True)
-    elif request["op"] == "wait_any":
-        pid, status = os.wait()
-        print(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class ForkServer:
-    """One process that imported the toolkit; `start()` forks a child running the CLI with `argv`."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env, cwd=str(cwd))
-        assert self._read() == "ready"
-
-    def _read(self) -> str:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"fork server exited with {self.process.wait()}")
-        return line.strip()
-
-    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        return json.loads(self._read())
-
-    def start(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str], timeout: int = CASE_TIMEOUT_S,
-              kill_after: Path | None = None) -> int:
-        return self._send({"op": "start", "argv": argv, "cwd": str(cwd), "env": env, "timeout": timeout,
-                           "stdout": f"{log}.stdout", "stderr": f"{log}.stderr",
-                           "kill_after": str(kill_after) if kill_after else None})["pid"]
-
-    def wait_any(self) -> tuple[int, int]:
-        """(pid, exit code) of the next child to end (negative: killed by that signal)."""
-        answer = self._send({"op": "wait_any"})
-        return answer["pid"], answer["exit"]
-
-    def run(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str], **kw: Any) -> int:
-        pid = self.start(argv, cwd, log, env, **kw)
-        done, code = self.wait_any()
-        assert done == pid
-        return code
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait()
-        self.process.stdin.close()
-        self.process.stdout.close()
-
 
 def run_many(server: ForkServer, jobs: list[dict[str, Any]], parallel: int) -> dict[int, int]:
     """Run jobs ({key, argv, cwd, log, env}) with at most `parallel` children at once; key -> exit code."""
@@ -153,7 +44,8 @@ def run_many(server: ForkServer, jobs: list[dict[str, Any]], parallel: int) -> d
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
-            pid = server.start(job["argv"], job["cwd"], job["log"], job["env"], kill_after=job.get("kill_after"))
+            pid = server.start(job["argv"], job["log"], split_streams=True, cwd=job["cwd"], env=job["env"],
+                               timeout=CASE_TIMEOUT_S, kill_at=job.get("kill_at"))
             running[pid] = (job["key"], time.perf_counter())
         pid, code = server.wait_any()
         key, started = running.pop(pid)
@@ -289,7 +181,7 @@ def fixtures(server, tiny_model_dir, tmp_path_factory) -> Fixtures:
         {"key": "run_squad", "argv": train_argv(root / "run_squad", "--max-steps", "2", task="squad_v1", data=squad)},
         # The interrupted run: 2 epochs, SIGKILLed right after epoch 1's checkpoint is committed.
         {"key": "run_unfinished", "argv": train_argv(root / "run_unfinished", "--epochs", "2"),
-         "kill_after": root / "run_unfinished" / "checkpoint" / "training_state.pt"},
+         "kill_at": (root / "run_unfinished" / "checkpoint" / "training_state.pt", 1, "after")},
     ]
     for job in jobs:
         job.update(cwd=root, log=logs / job["key"], env=env)
@@ -301,8 +193,9 @@ def fixtures(server, tiny_model_dir, tmp_path_factory) -> Fixtures:
     assert (unfinished / "checkpoint" / "training_state.pt").is_file() and not (unfinished / "adapter").exists()
 
     peft = root / "peft_sst2"
-    code = server.run(["export-peft", "--adapter", str(root / "run_sst2_roberta" / "adapter"), "--output", str(peft)],
-                      root, logs / "export", env)
+    code = server.wait(server.start(["export-peft", "--adapter", str(root / "run_sst2_roberta" / "adapter"),
+                                     "--output", str(peft)], logs / "export", split_streams=True, cwd=root, env=env,
+                                    timeout=CASE_TIMEOUT_S))
     assert code == 0, (logs / "export.stderr").read_text()[-3000:]
     templates = {
         "model": Path(tiny_model_dir), "other_model": other, "glue": glue, "squad": squad,

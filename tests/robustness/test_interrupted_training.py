@@ -1,7 +1,7 @@
 """SIGKILL a training run at random points, resume it, and get exactly what an uninterrupted run gives.
 
 Training runs as the real command line (`roberta-lora train ...`) in processes forked from one
-server that imported the toolkit once (helpers.TrainingForkServer), so a dozen short runs fit in
+server that imported the toolkit once (helpers.ForkServer), so a dozen short runs fit in
 seconds. A seeded plan mixes two kinds of kills:
 
 * timer: SIGKILL after a random delay anywhere in the run (start-up, epochs, evaluation, file
@@ -33,7 +33,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .helpers import TrainingForkServer, check_run_files
+from .helpers import ForkServer, check_run_files
 from fixtures_glue import write_glue_fixture
 
 SEED = 11
@@ -52,7 +52,7 @@ COMPARED = ["adapter/adapter.safetensors", "best/adapter.safetensors", "checkpoi
 
 @dataclass
 class Trainer:
-    server: TrainingForkServer
+    server: ForkServer
     model_dir: Path
     data_dir: Path
     cache_dir: Path
@@ -67,7 +67,7 @@ class Trainer:
 
     def start(self, run: Path, kill_at: tuple[Path, int, str] | None = None) -> int:
         resume = (run / "checkpoint" / "training_state.pt").is_file()
-        return self.server.start(self.argv(run, resume), run.parent / f"{run.name}.log", kill_at)
+        return self.server.start(self.argv(run, resume), run.parent / f"{run.name}.log", kill_at=kill_at)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def trainer(tiny_model_dir, tmp_path_factory):
     # One thread: a tiny model runs ~20x faster than with two threads competing on a busy 2-core machine.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-    server = TrainingForkServer(env)
+    server = ForkServer(env)
     trainer = Trainer(server, tiny_model_dir, root / "data", root / "cache", root / "reference")
     assert server.wait(trainer.start(trainer.reference)) == 0, (root / "reference.log").read_text()[-3000:]
     # A second, warm run (the first one also filled the tokenized-data cache) gives the timeline.
