@@ -63,16 +63,8 @@ class Predictor:
                                      max_length=self.max_length, padding=True, return_tensors="pt")
             logits = self.model(encoded["input_ids"], encoded["attention_mask"],
                                 token_type_ids=encoded.get("token_type_ids")).logits.float()
-            results.extend(self._describe(row) for row in logits)
+            results.extend(describe_logits(row, self.label_names) for row in logits)
         return results
-
-    def _describe(self, logits: torch.Tensor) -> dict[str, Any]:
-        if logits.numel() == 1:
-            return {"score": round(float(logits[0]), 6)}
-        probabilities = logits.softmax(-1).tolist()
-        best = int(np.argmax(probabilities))
-        return {"label": self.label_names[best], "score": round(probabilities[best], 6),
-                "scores": {name: round(p, 6) for name, p in zip(self.label_names, probabilities, strict=True)}}
 
     def _answer(self, questions: list[str], contexts: list[str]) -> list[dict[str, Any]]:
         examples = {"id": [str(i) for i in range(len(questions))], "question": questions, "context": contexts,
@@ -92,6 +84,17 @@ class Predictor:
                                           version_2=self.model.task_type == "squad_v2")
         return [{"answer": answers.predictions[qid], "null_odds": answers.null_odds.get(qid),
                  "nbest": answers.nbest[qid][:3]} for qid in examples["id"]]
+
+
+def describe_logits(logits: torch.Tensor, label_names: list[str]) -> dict[str, Any]:
+    """One example's answer from its head's logits: {"score"} for regression, else the best label, its
+    probability and every label's (rounded to 6 places). `predict` and the server both answer with it."""
+    if logits.numel() == 1:
+        return {"score": round(float(logits[0]), 6)}
+    probabilities = logits.softmax(-1).tolist()
+    best = int(np.argmax(probabilities))
+    return {"label": label_names[best], "score": round(probabilities[best], 6),
+            "scores": {name: round(p, 6) for name, p in zip(label_names, probabilities, strict=True)}}
 
 
 def read_input_file(path: str | Path) -> tuple[list[str], list[str] | None]:

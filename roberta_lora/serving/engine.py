@@ -20,6 +20,7 @@ from roberta_lora.data.squad_features import prepare_eval_features
 from roberta_lora.data.tasks import load_task
 from roberta_lora.data.tokenizer import check_vocabulary, load_tokenizer
 from roberta_lora.errors import ConfigError
+from roberta_lora.evaluation.predict import describe_logits
 from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 from roberta_lora.model.config import AdapterConfig
 
@@ -142,13 +143,7 @@ def _describe(row: Encoded, outputs: list[dict[str, Any]]) -> dict[str, Any]:
                                           version_2=row.config.task_type == "squad_v2")
         return {"answer": answers.predictions["0"], "null_odds": answers.null_odds.get("0"),
                 "nbest": _plain(answers.nbest["0"][:3])}
-    logits = outputs[0]["logits"].float().cpu()
-    if logits.numel() == 1:
-        return {"score": round(float(logits[0]), 6)}
-    probabilities = logits.softmax(-1).tolist()
-    best = int(np.argmax(probabilities))
-    return {"label": row.label_names[best], "score": round(probabilities[best], 6),
-            "scores": {n: round(p, 6) for n, p in zip(row.label_names, probabilities, strict=True)}}
+    return describe_logits(outputs[0]["logits"].float().cpu(), row.label_names)
 
 
 def _plain(value: Any) -> Any:
