@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--engine", choices=("mixed", "grouped"), default="mixed",
-                       help="mixed: every row in one pass (BatchedAdapters; falls back to grouped when missing); "
+                       help="mixed: every row in one pass (BatchedAdapters); "
                             "grouped: one sub-batch per adapter (default mixed)")
     serve.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
                        help="how long the first queued input waits for others to share its batch (default 5)")

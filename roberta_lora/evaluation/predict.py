@@ -14,7 +14,25 @@ from roberta_lora.data.tasks import load_task
 from roberta_lora.data.tokenizer import check_vocabulary, load_tokenizer
 from roberta_lora.errors import ConfigError, DataError
 from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
+from roberta_lora.model.config import AdapterConfig
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+
+def adapter_limits(config: AdapterConfig) -> tuple[int, int]:
+    """(max_length, doc_stride) to predict with: the adapter's, else its task's, else generic ones."""
+    spec = None
+    if config.task:
+        try:
+            spec = load_task(config.task)
+        except ConfigError:  # a task file the user no longer has: fall back to generic limits
+            spec = None
+    default_length = spec.max_length if spec else (384 if config.task_type != "glue" else 512)
+    return config.max_length or default_length, config.doc_stride or (spec.doc_stride if spec else None) or 128
+
+
+def adapter_label_names(config: AdapterConfig) -> list[str]:
+    """The adapter's class names, or "0", "1", ... when it recorded none."""
+    return config.label_names or [str(i) for i in range(config.num_classes)]
 
 
 class Predictor:
@@ -35,16 +53,8 @@ class Predictor:
         self.tokenizer = load_tokenizer(str(model_id or config.base_model))
         check_vocabulary(self.tokenizer, self.model.config, str(model_id or config.base_model))
         self.batch_size = batch_size
-        spec = None
-        if config.task:
-            try:
-                spec = load_task(config.task)
-            except ConfigError:  # a task file the user no longer has: fall back to generic limits
-                spec = None
-        default_length = spec.max_length if spec else (384 if config.task_type != "glue" else 512)
-        self.max_length = config.max_length or default_length
-        self.doc_stride = config.doc_stride or (spec.doc_stride if spec else None) or 128
-        self.label_names = config.label_names or [str(i) for i in range(config.num_classes)]
+        self.max_length, self.doc_stride = adapter_limits(config)
+        self.label_names = adapter_label_names(config)
 
     @torch.inference_mode()
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from roberta_lora.data.squad_features import prepare_eval_features
-from roberta_lora.data.tasks import load_task
 from roberta_lora.data.tokenizer import check_vocabulary, load_tokenizer
 from roberta_lora.errors import ConfigError
-from roberta_lora.evaluation.predict import describe_logits
+from roberta_lora.evaluation.predict import adapter_label_names, adapter_limits, describe_logits
 from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 from roberta_lora.model.config import AdapterConfig
 
@@ -55,24 +54,12 @@ class Encoded:
         return len(ids) * max(len(f) for f in ids)
 
 
-def adapter_limits(config: AdapterConfig) -> tuple[int, int]:
-    """(max_length, doc_stride) exactly as `Predictor` picks them: the adapter's, else its task's, else generic."""
-    spec = None
-    if config.task:
-        try:
-            spec = load_task(config.task)
-        except ConfigError:
-            spec = None
-    default_length = spec.max_length if spec else (384 if config.task_type != "glue" else 512)
-    return config.max_length or default_length, config.doc_stride or (spec.doc_stride if spec else None) or 128
-
-
 def encode_example(tokenizer: Any, example: Example, config: AdapterConfig) -> Encoded:
     """Tokenize `example` for `config` as `Predictor` does: GLUE truncated to the adapter's max_length,
     SQuAD split into windows (`prepare_eval_features`). A fast tokenizer must not be used by two threads
     at once (its truncation settings are shared state): give each thread its own."""
     max_length, doc_stride = adapter_limits(config)
-    labels = config.label_names or [str(i) for i in range(config.num_classes)]
+    labels = adapter_label_names(config)
     if config.task_type != "glue":
         row = {"id": "0", "question": example.question, "context": example.context,
                "answers": {"text": [], "answer_start": []}}
@@ -222,19 +209,10 @@ class MixedEngine(Engine):
         return self.batched.forward(input_ids, attention_mask, adapters, token_type_ids=token_type_ids)
 
 
-def mixed_available() -> bool:
-    """Whether `roberta_lora.adapters.batched` (MixedEngine's forward) can be imported."""
-    try:
-        import roberta_lora.adapters.batched  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def build_engine(kind: str, base_model: str) -> Engine:
-    """"mixed" (falls back to grouped when BatchedAdapters is missing) or "grouped"."""
+    """"mixed" (`MixedEngine`) or "grouped" (`GroupedEngine`)."""
     if kind not in ("mixed", "grouped"):
         raise ConfigError(f"--engine {kind!r} is not one of 'mixed', 'grouped'")
-    if kind == "mixed" and mixed_available():
+    if kind == "mixed":
         return MixedEngine(base_model)
     return GroupedEngine(base_model)
