@@ -36,3 +36,11 @@ class DataError(RobertaLoraError):
         super().__init__(location + message)
         self.path = path
         self.line = line
+
+
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+    """The first line of `error`'s message, cut to `limit` characters, to quote inside a one-line message;
+    the exception's class name when the message is empty (a bare `OSError()`)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None else line[:limit]

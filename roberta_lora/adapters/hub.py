@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from roberta_lora.choices import GLUE_METRICS
-from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.errors import AdapterError, ConfigError, first_line
 from roberta_lora.hub import hub_reachable
 from roberta_lora.model.adapter_files import read_adapter_tensors
 from roberta_lora.model.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, read_adapter_config
@@ -222,8 +222,7 @@ def _format(value: Any) -> str:
 
 def _push_failure(directory: Path, repo_id: str, error: BaseException) -> str:
     status = getattr(getattr(error, "response", None), "status_code", None)
-    text = str(error).strip()
-    reason = (text.splitlines()[0] if text else type(error).__name__)[:300]
+    reason = first_line(error)
     if status == 401 or "token" in reason.lower():
         fix = "log in with `hf auth login` or pass --token (a token with write access)"
     elif status == 403:

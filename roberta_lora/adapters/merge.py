@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from roberta_lora._version import __version__
-from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.errors import AdapterError, ConfigError, first_line
 from roberta_lora.fileio import atomic_write_json
 from roberta_lora.model.families import checkpoint_family
 from roberta_lora.model.standalone import HEAD_FILES, KINDS, MergedClassifier, merged_kind
@@ -82,7 +82,7 @@ def _save_tokenizer(source: str | Path | None, directory: Path) -> str | None:
         AutoTokenizer.from_pretrained(resolve_model(str(source))).save_pretrained(directory)
     except (OSError, ValueError, ConfigError) as error:
         logger.warning("could not copy a tokenizer from %s (%s); the merged folder has none",
-                       source, str(error).splitlines()[0])
+                       source, first_line(error, limit=None))
         return None
     return str(source)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.sources import resolve_model
 
 # What a local model folder must hold for `AutoTokenizer` to build the real tokenizer; without any of
@@ -31,7 +31,7 @@ def load_tokenizer(model_id: str) -> Any:
         return AutoTokenizer.from_pretrained(model_id)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ConfigError(
-            f"could not load a tokenizer from {model_id!r} ({str(error).splitlines()[0][:300]}). Without network "
+            f"could not load a tokenizer from {model_id!r} ({first_line(error)}). Without network "
             "access pass a local checkpoint directory with --model (it must hold the tokenizer files too)"
         ) from None
 

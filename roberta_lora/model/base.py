@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from transformers import PretrainedConfig, PreTrainedModel
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.hub import hub_reachable
 from roberta_lora.model.families import build_encoder, checkpoint_family, family_of
 from roberta_lora.sources import resolve_model
@@ -66,7 +66,7 @@ def load_base_encoder(
         # os.path.isdir, not Path.is_dir: it returns False (no OSError) for names the OS refuses, e.g. too long.
         local_hint = "it is not a local directory" if not os.path.isdir(str(model_id)) else "the directory is incomplete"
         raise ConfigError(
-            f"could not load the base model {str(model_id)!r} ({local_hint}; {str(error).splitlines()[0][:300]}). "
+            f"could not load the base model {str(model_id)!r} ({local_hint}; {first_line(error)}). "
             "Without network access pass a local checkpoint directory, e.g. --model /path/to/roberta-base "
             "(a folder with config.json and model.safetensors)"
         ) from None

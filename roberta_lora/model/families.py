@@ -43,7 +43,7 @@ from transformers import (
     XLMRobertaModel,
 )
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.lora.targets import MODEL_TYPES, check_model_type
 
 _ROBERTA_CLASSIFIER = {"dense": "classifier.dense", "out_proj": "classifier.out_proj"}
@@ -123,7 +123,7 @@ def checkpoint_model_type(model_id: str | Path) -> str | None:
     except (OSError, ValueError) as error:
         where = "the directory is incomplete" if os.path.isdir(str(model_id)) else "it is not a local directory"
         raise ConfigError(f"could not read the config.json of {str(model_id)!r} ({where}; "
-                          f"{str(error).splitlines()[0][:300]})") from None
+                          f"{first_line(error)})") from None
     return data.get("model_type")
 
 

@@ -20,7 +20,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from roberta_lora.choices import OPTIMIZERS as OPTIMIZER_CHOICES  # noqa: E402
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.model.families import checkpoint_family
 
 QUANTIZE_CHOICES = ("4bit", "8bit")
@@ -85,4 +85,4 @@ def load_quantized_encoder(model_id: Any, quantize: str, attn_implementation: st
         )
     except OSError as error:
         where = "a local directory" if os.path.isdir(str(model_id)) else "not a local directory"
-        raise ConfigError(f"could not load the base model {str(model_id)!r} ({where}; {str(error).splitlines()[0]})") from None
+        raise ConfigError(f"could not load the base model {str(model_id)!r} ({where}; {first_line(error, limit=None)})") from None

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.errors import ConfigError, first_line
 from roberta_lora.fileio import atomic_write_with
 from roberta_lora.model.adapter_files import check_tensors
 from roberta_lora.model.wrapper import LoraWrapperRoberta
@@ -93,7 +93,7 @@ def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, AttributeError) as error:
-        raise ConfigError(f"cannot resume: the checkpoint {path} is damaged ({str(error).splitlines()[0][:200]}); "
+        raise ConfigError(f"cannot resume: the checkpoint {path} is damaged ({first_line(error, limit=200)}); "
                           "start the run again with --overwrite, or from another --output-dir") from None
     needed = {"epoch", "global_step", "best", "history", "tensors", "optimizer", "scheduler", "rng"}
     if not isinstance(state, dict) or not needed <= set(state):
