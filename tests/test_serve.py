@@ -296,3 +296,34 @@ def test_shutdown_answers_the_requests_in_flight(tiny_model_dir, adapter_dirs, o
             sender.join(timeout=30)
     assert len(answers) == 1 and answers[0].status_code == 200, answers
     assert_same(answers[0].json()["results"][0], offline(item))
+
+
+def test_a_batch_stays_within_its_padded_token_budget() -> None:
+    # One long example and many short ones: padded together, each short one costs the long one's length,
+    # so the budget is counted as windows x longest window, not as the sum of each example's own length.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from roberta_lora.serving.batcher import Batcher, _Item
+    from roberta_lora.serving.engine import Encoded, padded_tokens
+    from roberta_lora.serving.metrics import ServerMetrics
+
+    def row(length: int, windows: int = 1) -> Encoded:
+        return Encoded("a", None, {"input_ids": [[0] * length] * windows})
+
+    loop = asyncio.new_event_loop()
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(lambda rows: [], executor, window_s=0.0, max_tokens=1024, metrics=ServerMetrics())
+            rows = [row(512), *[row(10) for _ in range(9)], row(100, windows=3)]
+            batcher._queue.extend(_Item(r, loop.create_future(), 0.0) for r in rows)
+            assert batcher._queued_tokens() == padded_tokens(rows) == 13 * 512
+            first = [i.row for i in batcher._take()]
+            assert first == rows[:2] and padded_tokens(first) == 1024  # a third row would pad to 1536
+            second = [i.row for i in batcher._take()]
+            assert second == rows[2:10] and padded_tokens(second) == 80  # with the 3 windows of 100: 1100
+            assert [i.row for i in batcher._take()] == rows[10:]
+            alone = row(2000)
+            batcher._queue.append(_Item(alone, loop.create_future(), 0.0))
+            assert [i.row for i in batcher._take()] == [alone]  # larger than the budget: runs alone
+    finally:
+        loop.close()

@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from roberta_lora.serving.engine import Encoded
+from roberta_lora.serving.engine import Encoded, padded_tokens
 from roberta_lora.serving.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -100,20 +100,23 @@ class Batcher:
                     _settle(batch, [error] * len(batch))
 
     def _queued_tokens(self) -> int:
-        return sum(i.row.tokens for i in self._queue)
+        return padded_tokens([i.row for i in self._queue])
 
     def _take(self) -> list[_Item]:
+        """The next batch: queued examples in order while the batch, padded to its longest window, stays
+        within max_tokens (a first example larger than that runs alone)."""
         batch: list[_Item] = []
-        tokens = 0
+        windows = longest = 0
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # the client went away
                 self._queue.popleft()
                 continue
-            if batch and tokens + item.row.tokens > self.max_tokens:
+            row = item.row
+            if batch and (windows + row.windows) * max(longest, row.longest) > self.max_tokens:
                 break
             batch.append(self._queue.popleft())
-            tokens += item.row.tokens
+            windows, longest = windows + row.windows, max(longest, row.longest)
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
@@ -121,9 +124,9 @@ class Batcher:
         for item in batch:
             self.metrics.queue_seconds.observe(now - item.enqueued)
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_tokens.observe(sum(i.row.tokens for i in batch))
-        loop = asyncio.get_running_loop()
         rows = [i.row for i in batch]
+        self.metrics.batch_tokens.observe(padded_tokens(rows))
+        loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self.executor, self.runner, rows)
         except Exception:

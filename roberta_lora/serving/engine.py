@@ -48,10 +48,24 @@ class Encoded:
     label_names: list[str] = field(default_factory=list)
 
     @property
+    def windows(self) -> int:
+        """Model inputs this example needs: 1 (GLUE) or its SQuAD windows."""
+        return len(self.features["input_ids"])
+
+    @property
+    def longest(self) -> int:
+        """Tokens in its longest window."""
+        return max(len(f) for f in self.features["input_ids"])
+
+    @property
     def tokens(self) -> int:
-        """Padded cost in the batch: features x longest feature."""
-        ids = self.features["input_ids"]
-        return len(ids) * max(len(f) for f in ids)
+        """Padded cost when it runs alone: windows x longest window."""
+        return self.windows * self.longest
+
+
+def padded_tokens(rows: list[Encoded]) -> int:
+    """Tokens of `rows` padded into one batch, as `Engine.predict` runs them: every window x the longest."""
+    return sum(r.windows for r in rows) * max((r.longest for r in rows), default=0)
 
 
 def encode_example(tokenizer: Any, example: Example, config: AdapterConfig) -> Encoded:
