@@ -116,10 +116,6 @@ class Engine:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
-    def encode(self, example: Example, config: AdapterConfig) -> Encoded:
-        """Tokenize `example` for `config` with this engine's tokenizer (see `encode_example`)."""
-        return encode_example(self.tokenizer, example, config)
-
     @torch.inference_mode()
     def predict(self, rows: list[Encoded]) -> list[dict[str, Any]]:
         """Answer every row with one forward pass; one result per row (Predictor's format)."""
