@@ -23,3 +23,6 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # Experiment trackers (through accelerate); each needs its own package.
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+# Inference device and weight dtype (`serve`, `predict`, `evaluate`): "cuda:N" is also accepted.
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")

@@ -84,3 +84,43 @@ def check_compile_backend(backend: str) -> None:
 def compile_model(model: torch.nn.Module, backend: str) -> Any:
     """torch.compile(model) with `backend`; the returned module shares `model`'s parameters."""
     return torch.compile(model, backend=backend)
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """The device to run inference on: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ConfigError: an unknown name, or CUDA asked for where there is none (or not that many GPUs).
+    """
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N (N a GPU number such as 0)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec} needs a CUDA GPU, and torch sees none here (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError(f"--device {spec}: this machine has {count} GPU(s), numbered 0-{count - 1}; pick one of them")
+    return torch.device(text)
+
+
+def resolve_dtype(name: str | None = "float32", device: torch.device | None = None) -> torch.dtype:
+    """The weight dtype for inference: "float32", "bfloat16" or "float16" (float16 needs CUDA: CPU kernels
+    for half precision are slow or missing).
+
+    Raises:
+        ConfigError: an unknown name, or float16 on the CPU.
+    """
+    from roberta_lora.choices import DTYPES
+
+    text = "float32" if name is None else str(name).strip().lower()
+    if text not in DTYPES:
+        raise ConfigError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
+    if text == "float16" and device is not None and device.type != "cuda":
+        raise ConfigError("--dtype float16 needs a CUDA device; on the CPU use --dtype bfloat16 or float32")
+    return getattr(torch, text)
