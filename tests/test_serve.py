@@ -6,8 +6,6 @@ Four adapters of different tasks on one toy base; every answer must equal the of
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,32 +18,21 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 prometheus_client = pytest.importorskip("prometheus_client")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
 from roberta_lora.evaluation.predict import Predictor  # noqa: E402
-from roberta_lora.model.toy import DEFAULT_CORPUS  # noqa: E402
-from roberta_lora.model.wrapper import LoraWrapperRoberta  # noqa: E402
-from roberta_lora.serving.app import ServeConfig, create_app  # noqa: E402
+from roberta_lora.serving.app import ServeConfig  # noqa: E402
 
-ADAPTERS = {
-    "sst2": {"num_classes": 2, "label_names": ["negative", "positive"], "task": "sst2"},
-    "mnli": {"num_classes": 3, "label_names": ["entailment", "neutral", "contradiction"], "task": "mnli",
-             "lora_rank": 4},
-    "stsb": {"num_classes": 1, "task": "stsb", "lora_rank": 2},
-    "squad": {"task_type": "squad_v2", "task": "squad_v2", "lora_rank": 6},
-}
-LONG_CONTEXT = " ".join(DEFAULT_CORPUS * 3)  # several windows at max_length 64
-TEXTS = [s for s in DEFAULT_CORPUS] + ["Great!", "bad", "The author wrote it in Paris, not in Denver."]
-
-
-def example(adapter: str, i: int) -> dict:
-    text, other = TEXTS[i % len(TEXTS)], TEXTS[(i * 7 + 3) % len(TEXTS)]
-    if adapter == "squad":
-        context = LONG_CONTEXT if i % 3 == 0 else other + " " + text
-        return {"adapter": adapter, "question": text, "context": context}
-    if adapter == "sst2":
-        return {"adapter": adapter, "text": text}
-    return {"adapter": adapter, "text": text, "text_pair": other}
+from serve_helpers import (  # noqa: E402
+    ADAPTERS,
+    ADMIN,
+    ADMIN_KEY,
+    API,
+    API_KEY,
+    RunningServer,
+    assert_same,
+    example,
+    make_adapter_dirs,
+    metric_samples,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,19 +46,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serve-adapters")
-    for seed, (name, kwargs) in enumerate(ADAPTERS.items()):
-        model = LoraWrapperRoberta(model_id=str(tiny_model_dir), seed=0, **kwargs)
-        generator = torch.Generator().manual_seed(seed + 20)
-        with torch.no_grad():  # non-zero B (as after training), so every adapter answers differently
-            for tensor in model.adapter_state_dict().values():
-                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.3)
-        model.eval().save_adapter(root / name, metrics={"accuracy": 0.5 + seed / 10})
-    config_file = root / "squad" / "adapter_config.json"
-    config = json.loads(config_file.read_text())
-    config.update(max_length=64, doc_stride=24)  # long contexts become several windows
-    config_file.write_text(json.dumps(config))
-    return {name: root / name for name in ADAPTERS}
+    return make_adapter_dirs(tiny_model_dir, tmp_path_factory.mktemp("serve-adapters"))
 
 
 @pytest.fixture(scope="module")
@@ -88,46 +63,12 @@ def offline(adapter_dirs, tiny_model_dir):
     return expected
 
 
-def assert_same(got: dict, want: dict) -> None:
-    if "answer" in want:
-        assert got["answer"] == want["answer"]
-        return
-    assert got.keys() == want.keys()
-    assert abs(got["score"] - want["score"]) <= 1e-5
-    if "label" in want:
-        assert got["label"] == want["label"]
-        for name, p in want["scores"].items():
-            assert abs(got["scores"][name] - p) <= 1e-5
-
-
-class RunningServer:
-    """uvicorn.Server on a free 127.0.0.1 port in a background thread."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> RunningServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 def serve_config(tiny_model_dir, adapter_dirs, **kwargs) -> ServeConfig:
+    """The four adapters, keys, and run-time loads from the folder that holds them."""
+    root = next(iter(adapter_dirs.values())).parent
+    defaults = {"engine": "mixed", "api_key": API_KEY, "admin_key": ADMIN_KEY, "adapter_roots": [str(root)]}
     return ServeConfig(model=str(tiny_model_dir), adapters={n: str(d) for n, d in adapter_dirs.items()},
-                       engine=kwargs.pop("engine", "mixed"), **kwargs)
+                       **{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +79,8 @@ def server(tiny_model_dir, adapter_dirs):
 
 @pytest.fixture()
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=30, headers=API) as c:
         yield c
-
-
-def metric_samples(client) -> dict[tuple, float]:
-    text = client.get("/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_predict_equals_offline_predictor_for_every_task(client, offline):
@@ -199,35 +134,43 @@ def test_bad_requests_get_a_clear_4xx(client, body, status, words):
         assert word in error
 
 
-def test_invalid_json_and_adapter_errors(client, tmp_path):
+def test_invalid_json_and_adapter_errors(client, adapter_dirs, tmp_path):
     response = client.post("/predict", content=b'{"inputs": [', headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
-    response = client.post("/adapters", json={"name": "x", "path": str(tmp_path)})
-    assert response.status_code == 422 and "adapter_config.json" in response.json()["error"]
-    response = client.post("/adapters", json={"name": "sst2", "path": str(tmp_path)})
+    (adapter_dirs["sst2"].parent / "empty").mkdir(exist_ok=True)
+    response = client.post("/adapters", json={"name": "x", "path": "empty"}, headers=ADMIN)
+    assert response.status_code == 422 and response.json() == {
+        "error": "cannot load adapter 'x': not a valid adapter for this server (the server's log says why)",
+        "field": "path"}
+    response = client.post("/adapters", json={"name": "sst2", "path": "sst2"}, headers=ADMIN)
     assert response.status_code == 409 and "already served" in response.json()["error"]
-    response = client.post("/adapters", json={"name": "bad name!", "path": str(tmp_path)})
-    assert response.status_code == 422 and "not valid" in response.json()["error"]
-    response = client.delete("/adapters/ghost")
+    response = client.post("/adapters", json={"name": "bad name!", "path": "sst2"}, headers=ADMIN)
+    assert response.status_code == 422 and response.json()["field"] == "name"
+    response = client.delete("/adapters/ghost", headers=ADMIN)
     assert response.status_code == 404 and "ghost" in response.json()["error"]
     assert client.post("/predict", json={"inputs": [example("sst2", 0)]}).status_code == 200  # still serving
 
 
 def test_load_and_unload_at_run_time(client, adapter_dirs, offline):
-    response = client.post("/adapters", json={"name": "sst2-copy", "path": str(adapter_dirs["sst2"])})
+    response = client.post("/adapters", json={"name": "sst2-copy", "path": "sst2"}, headers=ADMIN)
     assert response.status_code == 201, response.text
-    assert response.json()["task"] == "sst2"
+    described = response.json()
+    assert described["task"] == "sst2" and described["rank"] == 8 and described["loaded"]
+    assert not any(str(adapter_dirs["sst2"].parent) in str(v) for v in described.values())  # no server path
     item = example("sst2", 4)
     got = client.post("/predict", json={"inputs": [{**item, "adapter": "sst2-copy"}]}).json()["results"][0]
     assert_same(got, offline(item))
-    assert client.delete("/adapters/sst2-copy").json() == {"deleted": "sst2-copy"}
+    assert client.delete("/adapters/sst2-copy", headers=ADMIN).json() == {"deleted": "sst2-copy"}
     response = client.post("/predict", json={"inputs": [{**item, "adapter": "sst2-copy"}]})
     assert response.status_code == 404 and "sst2-copy" in response.json()["error"]
+    absolute = client.post("/adapters", json={"name": "abs", "path": str(adapter_dirs["mnli"])}, headers=ADMIN)
+    assert absolute.status_code == 201 and absolute.json()["labels"][0] == "entailment"  # absolute, inside the root
+    assert client.delete("/adapters/abs", headers=ADMIN).status_code == 200
 
 
 def test_pool_evicts_under_a_tiny_budget_and_reloads_the_same_answers(tiny_model_dir, adapter_dirs, offline):
     config = serve_config(tiny_model_dir, adapter_dirs, max_adapter_memory_mb=0.001)  # less than one adapter
-    with RunningServer(config) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+    with RunningServer(config) as running, httpx.Client(base_url=running.url, timeout=30, headers=API) as client:
         assert len(client.get("/health").json()["loaded"]) == 1  # each load evicted the one before
         for round_ in range(2):
             for adapter in ADAPTERS:
@@ -247,7 +190,7 @@ def test_load_2000_requests_from_32_clients(server, offline):
 
     async def run() -> list[tuple[int, int, dict]]:
         answers: list[tuple[int, int, dict]] = []
-        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=API,
                                      limits=httpx.Limits(max_connections=clients)) as client:
             async def worker(k: int) -> None:
                 for n in range(k, requests, clients):
@@ -265,7 +208,7 @@ def test_load_2000_requests_from_32_clients(server, offline):
     assert [s for _, s, _ in answers if s != 200] == []
     for index, _, body in answers:
         assert_same(body["results"][0], expected[index])
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(base_url=server.url, headers=API) as client:
         samples = metric_samples(client)
     single = samples[("serve_batch_size_bucket", (("le", "1.0"),))]
     assert samples[("serve_batch_size_count", ())] > single  # some batches held more than one example
@@ -274,7 +217,7 @@ def test_load_2000_requests_from_32_clients(server, offline):
 def test_the_grouped_engine_equals_offline_predictor(tiny_model_dir, adapter_dirs, offline):
     inputs = [example(a, i) for i in range(4) for a in ADAPTERS]
     with RunningServer(serve_config(tiny_model_dir, adapter_dirs, engine="grouped")) as running, \
-            httpx.Client(base_url=running.url, timeout=30) as client:
+            httpx.Client(base_url=running.url, timeout=30, headers=API) as client:
         assert client.get("/health").json()["engine"] == "GroupedEngine"
         response = client.post("/predict", json={"inputs": inputs})
         assert response.status_code == 200, response.text
@@ -288,7 +231,7 @@ def test_shutdown_answers_the_requests_in_flight(tiny_model_dir, adapter_dirs, o
     answers: list[httpx.Response] = []
     running = RunningServer(serve_config(tiny_model_dir, adapter_dirs, batch_window_ms=800))
     with running:
-        with httpx.Client(base_url=running.url, timeout=30) as client:
+        with httpx.Client(base_url=running.url, timeout=30, headers=API) as client:
             sender = threading.Thread(target=lambda: answers.append(client.post("/predict", json={"inputs": [item]})))
             sender.start()
             time.sleep(0.3)  # the request waits in its 800 ms batch window

@@ -90,11 +90,27 @@ class Engine:
 
     Args:
         base_model: the base every adapter is loaded on (a folder, packaged name or hub id).
+        device: "auto", "cpu", "cuda" or "cuda:N" (`runtime.resolve_device`).
+        dtype: "float32", "bfloat16" or "float16" for the base and every adapter's tables and head.
     """
 
-    def __init__(self, base_model: str) -> None:
+    def __init__(self, base_model: str, device: str = "auto", dtype: str = "float32") -> None:
+        from roberta_lora.runtime import resolve_device, resolve_dtype
+
         self.base_model = base_model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = load_tokenizer(base_model)
+        self.model_config: Any = None  # the base's transformers config (set by subclasses)
+
+    def _base(self) -> Any:
+        """The base as a LoraWrapperRoberta on the engine's device and dtype, its vocabulary checked."""
+        from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+        model = LoraWrapperRoberta(model_id=self.base_model, seed=0).eval()
+        check_vocabulary(self.tokenizer, model.config, self.base_model)
+        self.model_config = model.config
+        return model.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ what subclasses provide
     def add(self, name: str, directory: str | Path) -> AdapterConfig:
@@ -122,7 +138,7 @@ class Engine:
         columns = [c for c in MODEL_COLUMNS if all(c in r.features for r in rows)]
         flat = {c: [f for r in rows for f in r.features[c]] for c in columns}
         adapters = [r.adapter for r in rows for _ in r.features["input_ids"]]
-        batch = self.tokenizer.pad(flat, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in self.tokenizer.pad(flat, return_tensors="pt").items()}
         outputs = self.forward(batch["input_ids"], batch["attention_mask"], adapters, batch.get("token_type_ids"))
         results, start = [], 0
         for row in rows:
@@ -161,15 +177,12 @@ class GroupedEngine(Engine):
 
     PLACEHOLDER = "_base"
 
-    def __init__(self, base_model: str) -> None:
-        super().__init__(base_model)
+    def __init__(self, base_model: str, device: str = "auto", dtype: str = "float32") -> None:
+        super().__init__(base_model, device, dtype)
         from roberta_lora.adapters.bank import AdapterBank
         from roberta_lora.adapters.mixed import MultiAdapterPredictor
-        from roberta_lora.model.wrapper import LoraWrapperRoberta
 
-        model = LoraWrapperRoberta(model_id=base_model, seed=0).eval()
-        check_vocabulary(self.tokenizer, model.config, base_model)
-        self.bank = AdapterBank(model, self.PLACEHOLDER).eval()
+        self.bank = AdapterBank(self._base(), self.PLACEHOLDER).eval()
         self.predictor = MultiAdapterPredictor(self.bank)
 
     def add(self, name: str, directory: str | Path) -> AdapterConfig:
@@ -192,14 +205,11 @@ class GroupedEngine(Engine):
 class MixedEngine(Engine):
     """Every row in one forward pass, each with its own adapter, through `BatchedAdapters`."""
 
-    def __init__(self, base_model: str) -> None:
-        super().__init__(base_model)
+    def __init__(self, base_model: str, device: str = "auto", dtype: str = "float32") -> None:
+        super().__init__(base_model, device, dtype)
         from roberta_lora.adapters.batched import BatchedAdapters
-        from roberta_lora.model.wrapper import LoraWrapperRoberta
 
-        model = LoraWrapperRoberta(model_id=base_model, seed=0).eval()
-        check_vocabulary(self.tokenizer, model.config, base_model)
-        self.batched = BatchedAdapters(model)
+        self.batched = BatchedAdapters(self._base())
 
     def add(self, name: str, directory: str | Path) -> AdapterConfig:
         self.batched.add(name, directory)
@@ -219,10 +229,10 @@ class MixedEngine(Engine):
         return self.batched.forward(input_ids, attention_mask, adapters, token_type_ids=token_type_ids)
 
 
-def build_engine(kind: str, base_model: str) -> Engine:
-    """"mixed" (`MixedEngine`) or "grouped" (`GroupedEngine`)."""
+def build_engine(kind: str, base_model: str, device: str = "auto", dtype: str = "float32") -> Engine:
+    """"mixed" (`MixedEngine`) or "grouped" (`GroupedEngine`) on `device` in `dtype`."""
     if kind not in ("mixed", "grouped"):
         raise ConfigError(f"--engine {kind!r} is not one of 'mixed', 'grouped'")
     if kind == "mixed":
-        return MixedEngine(base_model)
-    return GroupedEngine(base_model)
+        return MixedEngine(base_model, device, dtype)
+    return GroupedEngine(base_model, device, dtype)

@@ -1,14 +1,21 @@
 """`AdapterPool`: the served adapters, kept in the engine's memory within a budget (least recently used out).
 
-Every registered adapter keeps its source (a folder or a hub id, resolved to a folder once) and its
-config, so requests can be checked and tokenized without it being in memory. `ensure(names)` runs on
-the engine's worker thread before each batch: it loads what the batch needs and drops the least
-recently used others until the loaded adapters fit `budget_bytes` (the batch's own adapters always stay,
-even over budget). The lock guards the bookkeeping that the event loop reads (`describe`).
+Each registered name points at one **version**: a source folder, its config, and an engine key unique to
+that version (`sst2#3`). A request is checked and tokenized against the version it looked up, and its rows
+carry that key, so unloading or replacing a name can never make a queued row run on another adapter: the
+batch finds the key gone and answers that row 404 (removed) or 409 (replaced).
+
+`ensure(keys)` runs on the engine's worker thread before each batch: it loads what the batch needs and
+drops the least recently used others until what the engine holds fits `budget_bytes` (the batch's own
+adapters always stay, even over budget). Sizes are the engine's own count of what it holds for each
+adapter (`Engine.nbytes`), which does not change when other adapters come and go. The lock guards the
+bookkeeping that the event loop reads.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -16,23 +23,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.errors import ConfigError
+from roberta_lora.data.tokenizer import check_max_length
+from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.model.config import AdapterConfig, read_adapter_config
 from roberta_lora.serving.engine import Engine
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = "1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+# Keys every adapter_config.json the toolkit writes has; one without them is not an adapter of ours.
+REQUIRED_KEYS = ("task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "model_type", "method")
+MAX_LABEL_CHARS = 100
 
 
 class UnknownAdapter(ConfigError):
-    """A request named an adapter that is not registered."""
+    """A request named an adapter that is not registered (or no longer is)."""
 
 
-@dataclass
-class Entry:
-    source: str
+class ReplacedAdapter(ConfigError):
+    """A request was checked against a version of an adapter that has since been replaced."""
+
+
+class DuplicateAdapter(ConfigError):
+    """A load under a name that is already served."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One loaded version of a served adapter."""
+
+    name: str
+    key: str  # the engine's name for this version
     directory: Path
     config: AdapterConfig
     file_bytes: int
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"adapter name {name!r:.80} is not valid; use {NAME_RULE}")
+    return name
 
 
 class AdapterPool:
@@ -46,85 +75,128 @@ class AdapterPool:
     def __init__(self, engine: Engine, budget_bytes: int | None = None) -> None:
         self.engine = engine
         self.budget_bytes = budget_bytes
-        self._entries: dict[str, Entry] = {}
-        self._loaded: OrderedDict[str, int] = OrderedDict()  # name -> bytes in memory, least recent first
+        self._versions: dict[str, Version] = {}  # name -> its current version
+        self._keys: dict[str, Version] = {}  # engine key -> version, for every registered version
+        self._loaded: OrderedDict[str, int] = OrderedDict()  # key -> bytes the engine holds, least recent first
         self._lock = threading.Lock()
+        self._counter = itertools.count(1)
         self.loads = 0
         self.evictions = 0
 
     # ------------------------------------------------------------------ event-loop side (cheap)
-    def config(self, name: str) -> AdapterConfig:
+    def version(self, name: str) -> Version:
+        """The current version of `name`, or UnknownAdapter listing what is served."""
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is None:
-                raise UnknownAdapter(f"unknown adapter {name!r}; served adapters: {sorted(self._entries)}; "
-                                     "load it with POST /adapters {\"name\", \"path\"}")
-            return entry.config
+            version = self._versions.get(name)
+            if version is None:
+                served = sorted(self._versions)
+                listing = f"served adapters: {served[:20]}" + (" ..." if len(served) > 20 else "")
+                raise UnknownAdapter(f"unknown adapter {name!r:.80}; {listing}")
+            return version
+
+    def config(self, name: str) -> AdapterConfig:
+        return self.version(name).config
 
     def describe(self) -> list[dict[str, Any]]:
-        """What GET /adapters shows."""
+        """What GET /adapters shows: no server paths."""
         with self._lock:
-            return [{"name": name, "task": e.config.task, "task_type": e.config.task_type,
-                     "labels": list(e.config.label_names), "metrics": dict(e.config.metrics),
-                     "size_bytes": self._loaded.get(name, e.file_bytes), "loaded": name in self._loaded,
-                     "source": e.source} for name, e in sorted(self._entries.items())]
+            return [_describe(v, self._loaded.get(v.key)) for _, v in sorted(self._versions.items())]
+
+    def describe_one(self, name: str) -> dict[str, Any]:
+        version = self.version(name)
+        with self._lock:
+            return _describe(version, self._loaded.get(version.key))
 
     def __contains__(self, name: str) -> bool:
         with self._lock:
-            return name in self._entries
+            return name in self._versions
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._versions)
+
+    @property
+    def loaded(self) -> list[str]:
+        """Names of the adapters in memory, least recently used first."""
+        with self._lock:
+            return [self._keys[k].name for k in self._loaded]
+
+    @property
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(self._loaded.values())
+
+    def check_current(self, key: str) -> None:
+        """Raise UnknownAdapter / ReplacedAdapter when `key` is no longer the version served under its name."""
+        with self._lock:
+            version = self._keys.get(key)
+            name = key.rsplit("#", 1)[0]
+            current = self._versions.get(name)
+        if version is not None:
+            return
+        if current is None:
+            raise UnknownAdapter(f"adapter {name!r} was removed while the request waited")
+        raise ReplacedAdapter(f"adapter {name!r} was replaced while the request waited; send the request again")
 
     # ------------------------------------------------------------------ worker side (touches the engine)
-    def register(self, name: str, source: str) -> AdapterConfig:
-        """Resolve `source` (folder or hub id), load it and serve it as `name`."""
-        from roberta_lora.sources import resolve_adapter
+    def register(self, name: str, directory: Path) -> Version:
+        """Check the adapter in `directory`, load it and serve it as `name`.
 
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise ConfigError(f"adapter name {name!r} is not valid; use 1-64 letters, digits, '_', '.', '-' "
-                              "starting with a letter or digit")
+        Raises:
+            ConfigError: a name that is not valid. DuplicateAdapter: the name is served.
+            AdapterError: an adapter that cannot be served here (bad config or tensors, another base).
+        """
+        check_name(name)
         if name in self:
-            raise ConfigError(f"an adapter named {name!r} is already served; DELETE /adapters/{name} first "
-                              "or pick another name")
-        directory = resolve_adapter(source)
+            raise DuplicateAdapter(f"an adapter named {name!r} is already served")
         config, _ = read_adapter_config(directory)
-        size = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+        self._check_servable(config, Path(directory))
+        size = sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+        version = Version(name, f"{name}#{next(self._counter)}", Path(directory), config, size)
         with self._lock:
-            self._entries[name] = Entry(source, directory, config, size)
+            self._keys[version.key] = version
         try:
-            self.ensure([name])
+            self._load(version.key)
         except Exception:
             with self._lock:
-                del self._entries[name]
+                del self._keys[version.key]
             raise
-        return config
+        with self._lock:
+            self._versions[name] = version
+        self._evict(keep={version.key})
+        return version
 
     def unregister(self, name: str) -> None:
         """Stop serving `name` and free its memory."""
-        self.config(name)  # UnknownAdapter naming what is served
+        version = self.version(name)
         with self._lock:
-            del self._entries[name]
-            loaded = self._loaded.pop(name, None) is not None
+            del self._versions[name], self._keys[version.key]
+            loaded = self._loaded.pop(version.key, None) is not None
         if loaded:
-            self.engine.remove(name)
+            self.engine.remove(version.key)
 
-    def ensure(self, names: list[str]) -> list[str]:
-        """Load every registered adapter of `names` (most recently used now); returns the ones that are
-        no longer registered (removed while their examples waited)."""
-        wanted = list(dict.fromkeys(names))
-        gone = [n for n in wanted if n not in self]
-        for name in wanted:
-            if name in gone:
-                continue
-            with self._lock:
-                if name in self._loaded:
-                    self._loaded.move_to_end(name)
-                    continue
-                directory = self._entries[name].directory
-            self.engine.add(name, directory)
-            with self._lock:
-                self._loaded[name] = self.engine.nbytes(name)
-                self.loads += 1
+    def ensure(self, keys: list[str]) -> set[str]:
+        """Load every still-registered version of `keys` (most recently used now); returns the keys that
+        are no longer registered (their name was removed or replaced while the examples waited)."""
+        wanted = list(dict.fromkeys(keys))
+        with self._lock:
+            gone = {k for k in wanted if k not in self._keys}
+        for key in wanted:
+            if key not in gone:
+                self._load(key)
         self._evict(keep=set(wanted))
         return gone
+
+    def _load(self, key: str) -> None:
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return
+            directory = self._keys[key].directory
+        self.engine.add(key, directory)
+        with self._lock:
+            self._loaded[key] = self.engine.nbytes(key)
+            self.loads += 1
 
     def _evict(self, keep: set[str]) -> None:
         if self.budget_bytes is None:
@@ -133,14 +205,38 @@ class AdapterPool:
             with self._lock:
                 if sum(self._loaded.values()) <= self.budget_bytes:
                     return
-                victim = next((n for n in self._loaded if n not in keep), None)
+                victim = next((k for k in self._loaded if k not in keep), None)
                 if victim is None:
                     return  # only this batch's adapters are loaded: they stay, over budget
                 del self._loaded[victim]
                 self.evictions += 1
             self.engine.remove(victim)
 
-    @property
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return list(self._loaded)
+    def _check_servable(self, config: AdapterConfig, directory: Path) -> None:
+        """What the config's sha256 does not cover and the engine would trip over mid-request."""
+        raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        problems = [f"adapter_config.json lacks {missing}"] if missing else []
+        labels = list(config.label_names)
+        if len(set(labels)) != len(labels):
+            problems.append(f"label_names repeat a name ({labels[:10]})")
+        if any(not label.strip() or len(label) > MAX_LABEL_CHARS for label in labels):
+            problems.append(f"a label name is empty or longer than {MAX_LABEL_CHARS} characters")
+        if config.max_length is not None:
+            try:
+                check_max_length(config.max_length, self.engine.model_config, "the served base")
+            except ConfigError as error:
+                problems.append(f"max_length {config.max_length}: {error}")
+        if config.doc_stride is not None and config.max_length is not None and config.doc_stride >= config.max_length:
+            problems.append(f"doc_stride {config.doc_stride} is not below max_length {config.max_length}")
+        if problems:
+            raise AdapterError(f"{directory}: " + "; ".join(problems))
+
+
+def _describe(version: Version, held: int | None) -> dict[str, Any]:
+    config = version.config
+    metrics = {k: v for k, v in config.metrics.items() if isinstance(k, str)}
+    return {"name": version.name, "task": config.task, "task_type": config.task_type,
+            "labels": list(config.label_names), "rank": config.lora_rank, "method": config.method,
+            "size_bytes": held if held is not None else version.file_bytes, "loaded": held is not None,
+            "metrics": metrics}
