@@ -103,15 +103,15 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_body_mb=args.max_body_mb, request_timeout_s=args.request_timeout_s,
                          device=args.device, dtype=args.dtype)
     config.validate()  # every number and key, before the model is loaded
-    if (args.adapter_root or args.allow_hub_adapters) and admin_key is None:
-        print("roberta-lora serve: note: --adapter-root / --allow-hub-adapters do nothing without --admin-key "
-              "(run-time loads are off)", file=sys.stderr)
     from roberta_lora.serving.app import (  # torch-heavy: only once the flags are sound
         build_server,
         create_app,
     )
 
     server = build_server(config)  # a missing adapter or model, a wrong base: one line, exit 2
+    if (args.adapter_root or args.allow_hub_adapters) and admin_key is None:
+        print("roberta-lora serve: note: --adapter-root / --allow-hub-adapters do nothing without --admin-key "
+              "(run-time loads are off)", file=sys.stderr)
     if not is_loopback(args.host) and api_key is None:
         print(f"roberta-lora serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "port can use the server; pass --api-key (or set ROBERTA_LORA_API_KEY)", file=sys.stderr)

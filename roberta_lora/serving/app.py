@@ -187,8 +187,16 @@ async def _disconnected(request: Request) -> None:
 def build_server(config: ServeConfig, engine: Engine | None = None) -> Server:
     """Validate `config`, build the engine (unless given) and load the start-up adapters; every mistake is
     a RobertaLoraError raised here, before any port is opened."""
+    from roberta_lora.model.config import read_adapter_config
+    from roberta_lora.runtime import resolve_device, resolve_dtype
+    from roberta_lora.sources import resolve_adapter
+
     config.validate()
     AdapterSources(config.adapter_roots, config.allow_hub_adapters)  # roots that are not folders
+    resolve_dtype(config.dtype, resolve_device(config.device))
+    for name, source in config.adapters.items():  # cheap checks first: a typo fails before the model loads
+        check_name(name)
+        read_adapter_config(resolve_adapter(source))
     built = engine or build_engine(config.engine, config.model, config.device, config.dtype)
     server = Server(config, built)
     server.register_startup_adapters()
