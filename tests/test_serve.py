@@ -113,7 +113,7 @@ def test_health_adapters_and_metrics(client):
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({"inputs": [{"adapter": "nope", "text": "x"}]}, 404, ["nope", "sst2"]),
     ({"inputs": [{"adapter": "sst2", "text": "   "}]}, 422, ["inputs[0]", "empty"]),
-    ({"inputs": [{"adapter": "sst2", "text": "a" * 20_001}]}, 413, ["characters", "max-text-chars"]),
+    ({"inputs": [{"adapter": "sst2", "text": "a" * 20_001}]}, 422, ["characters", "max-text-chars"]),
     ({"inputs": [{"adapter": "sst2"}]}, 422, ['missing "text"']),
     ({"inputs": [{"adapter": "sst2", "text": 5}]}, 422, ["inputs[0].text", "string"]),
     ({"inputs": [{"text": "x"}]}, 422, ["inputs[0].adapter", "missing"]),
@@ -122,7 +122,7 @@ def test_health_adapters_and_metrics(client):
     ({"inputs": [{"adapter": "squad", "text": "Who?"}]}, 422, ['missing "question"']),
     ({"inputs": [{"adapter": "sst2", "question": "q", "text": "t"}]}, 422, ['"question" does not apply']),
     ({"inputs": []}, 422, ["empty"]),
-    ({"inputs": [{"adapter": "sst2", "text": "x"}] * 65}, 413, ["65 inputs", "max-inputs 64"]),
+    ({"inputs": [{"adapter": "sst2", "text": "x"}] * 65}, 422, ["65 inputs", "max-inputs 64"]),
     ({"input": []}, 422, ["inputs", "missing"]),
     ([1, 2], 422, ["body"]),
 ])

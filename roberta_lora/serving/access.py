@@ -110,7 +110,8 @@ class AdapterSources:
                 return folder
         if self.allow_hub and not os.path.isabs(source) and source.count("/") == 1 and not source.startswith("."):
             return self._hub(source)
-        raise RefusedSource(NOT_FOUND, f"{source!r} resolves to no folder inside the roots {[str(r) for r in self.roots]}")
+        raise RefusedSource(NOT_FOUND, f"{source!r:.200} resolves to no folder inside the roots "
+                                      f"{[str(r) for r in self.roots]}")
 
     @staticmethod
     def _check_files(folder: Path, root: Path, source: str) -> None:
@@ -120,18 +121,18 @@ class AdapterSources:
             if path.is_symlink() or path.exists():
                 target = path.resolve()
                 if not _inside(target, root):
-                    raise RefusedSource(NOT_FOUND, f"{source!r}: {name} links to {target}, outside the root {root}")
+                    raise RefusedSource(NOT_FOUND, f"{source!r:.200}: {name} links to {target}, outside the root {root}")
 
     @staticmethod
     def _hub(source: str) -> Path:
         from roberta_lora.sources import is_repo_id, resolve_adapter, split_revision
 
         if not is_repo_id(split_revision(source)[0]):
-            raise RefusedSource(NOT_FOUND, f"{source!r} is neither a folder under the roots nor a hub repo id")
+            raise RefusedSource(NOT_FOUND, f"{source!r:.200} is neither a folder under the roots nor a hub repo id")
         try:
             return resolve_adapter(source)
         except ConfigError as error:
-            raise RefusedSource(NOT_FOUND, f"hub adapter {source!r}: {error}") from None
+            raise RefusedSource(NOT_FOUND, f"hub adapter {source!r:.200}: {error}") from None
 
 
 def _inside(path: Path, root: Path) -> bool:

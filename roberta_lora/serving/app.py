@@ -262,9 +262,14 @@ def add_routes(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        message = {404: f"no such endpoint; the endpoints are {', '.join(sorted(set(ENDPOINTS)))}",
-                   405: "this endpoint does not take that method"}.get(error.status_code, str(error.detail))
-        return error_response(ApiError(error.status_code, message, headers=dict(error.headers or {})))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # every method the path takes (FastAPI's route for one method lists only it)
+            methods = {m for route in request.app.routes if getattr(route, "path_regex", None) is not None
+                       and route.path_regex.match(request.url.path) for m in getattr(route, "methods", ()) or ()}
+            headers["allow"] = ", ".join(sorted(methods - {"HEAD"}))
+        message = {404: f"no such endpoint; the endpoints are {', '.join(ENDPOINTS)}",
+                   405: f"this endpoint takes only {headers.get('allow')}"}.get(error.status_code, str(error.detail))
+        return error_response(ApiError(error.status_code, message, headers=headers))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> Response:

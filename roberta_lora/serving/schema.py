@@ -104,10 +104,10 @@ class RequestModels:
         field = where.rsplit(".", 1)[-1] if where else ""
         if kind == "too_long" and where == "inputs":
             count = first.get("ctx", {}).get("actual_length", f"more than {self.max_inputs}")
-            return ApiError(413, f"{count} inputs in one request, more than --max-inputs {self.max_inputs}; split "
+            return ApiError(422, f"{count} inputs in one request, more than --max-inputs {self.max_inputs}; split "
                                  "the request", where)
         if kind == "string_too_long" and field in TEXT_FIELDS:
-            return ApiError(413, f'{where} is longer than the limit of {self.max_text_chars} characters '
+            return ApiError(422, f'{where} is longer than the limit of {self.max_text_chars} characters '
                                  "(--max-text-chars); send a shorter text", where)
         if kind == "string_unicode":
             return ApiError(422, f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); "
@@ -157,7 +157,8 @@ ERRORS = {
     403: "run-time adapter loading is disabled (start the server with --admin-key)",
     404: "an adapter that is not served, or a source not found under the adapter roots",
     409: "an adapter name already served, or replaced while the request waited",
-    413: "a body, input count or text over the server's limits", 422: "a request that does not fit the schema",
+    413: "a body over --max-body-mb, or an input over --max-batch-tokens once tokenized",
+    422: "a request that does not fit the schema (types, names, --max-inputs, --max-text-chars, empty text)",
     499: "the client closed the connection before the answer", 503: "the server is shutting down",
     504: "the request took longer than --request-timeout-s", 500: "an internal error (only this request failed)",
 }
