@@ -11,9 +11,10 @@ schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
-from serve_helpers import ADMIN, ADMIN_KEY, API_KEY, RunningServer, make_adapter_dirs  # noqa: E402
 
 from roberta_lora.serving.app import ServeConfig  # noqa: E402
+
+from serve_helpers import ADMIN, ADMIN_KEY, API_KEY, RunningServer, make_adapter_dirs  # noqa: E402
 
 EXAMPLES = 30  # per operation
 
