@@ -26,3 +26,15 @@ TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearm
 # Inference device and weight dtype (`serve`, `predict`, `evaluate`): "cuda:N" is also accepted.
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
+
+# A text holds something to read when it has one character that is not whitespace, a control character or
+# a zero-width / formatting character. Readers, `predict` and the server refuse texts without one; the
+# server's schema carries the same class as its `pattern`.
+VISIBLE_CHARACTER = r"[^\s\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]"
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` holds a character other than whitespace, control and zero-width characters."""
+    import re
+
+    return re.search(VISIBLE_CHARACTER, text) is not None

@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from roberta_lora.choices import VISIBLE_CHARACTER
 from roberta_lora.serving.pool import NAME_PATTERN
 
 # A text must hold at least one visible character: not only whitespace, control or zero-width characters.
-VISIBLE = r"[^\s\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]"
+VISIBLE = VISIBLE_CHARACTER
 TEXT_FIELDS = ("text", "text_pair", "question", "context")
 MAX_SOURCE_CHARS = 4096
 
