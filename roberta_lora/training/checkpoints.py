@@ -1,9 +1,11 @@
-"""Checkpoints: everything a resume needs after a finished epoch, and resuming from it."""
+"""Checkpoints: everything an exact resume needs at any optimizer step, and resuming from it."""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,26 +24,64 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "training_state.pt"
 
 
-def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, scheduler: Any, epoch: int,
-                    global_step: int, best: dict[str, Any], history: RunHistory) -> None:
-    """Everything a resume needs after a finished epoch, in ONE atomically written file.
+def save_checkpoint(run_dir: Path, model: LoraWrapperRoberta, optimizer: Any, scheduler: Any,
+                    position: dict[str, int], best: dict[str, Any], history: RunHistory, scaler: Any = None,
+                    keep: int | None = None, previous_step: int | None = None) -> None:
+    """Everything an exact resume needs, at any optimizer step, in ONE atomically written file.
 
-    training_state.pt holds the trained tensors, optimizer, scheduler and RNG state together, so a
-    kill at any moment leaves either the previous epoch's checkpoint or this one, never a mix.
-    checkpoint/adapter/ is a readable copy (written first); resuming never reads it.
+    training_state.pt holds the trained tensors, optimizer, scheduler, GradScaler, every RNG state and
+    the position in the data (`position`: "epoch" to continue in, "batches" of it already consumed,
+    "global_step", "since_best" evaluations without improvement), so a kill at any moment leaves
+    either the previous checkpoint or this one, never a mix. checkpoint/adapter/ is a readable copy
+    (written first); resuming never reads it.
+
+    Args:
+        keep: checkpoints kept in all (`--save-total-limit`); the one replaced here is first kept as
+            checkpoint-<previous_step>/ (hard links: no copy, and the new checkpoint never writes into it)
+            and the oldest such folders beyond `keep - 1` are removed. None or 1: only checkpoint/.
     """
     checkpoint = run_dir / "checkpoint"
+    if keep is not None and keep > 1 and previous_step is not None and (checkpoint / STATE_NAME).is_file():
+        _archive(checkpoint, run_dir / f"checkpoint-{previous_step}")
+        _prune(run_dir, keep - 1)
     model.save_adapter(checkpoint / "adapter")
     save_training_state(checkpoint, {
-        "epoch": epoch, "global_step": global_step, "best": best, "history": asdict(history),
+        **position, "best": best, "history": asdict(history),
         "tensors": {name: t.detach().cpu().clone() for name, t in model.trainable_state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
     })
 
 
+def _archive(checkpoint: Path, target: Path) -> None:
+    """checkpoint/ as it is now, kept as `target` with hard links (atomic_write replaces files by rename,
+    so the links keep the old contents)."""
+    if target.exists():
+        return
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in sorted(checkpoint.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            destination = staging / path.relative_to(checkpoint)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, destination)
+    staging.rename(target)
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    """Remove the oldest checkpoint-<step>/ folders beyond `keep`."""
+    kept = sorted((int(p.name.split("-", 1)[1]), p) for p in run_dir.glob("checkpoint-*")
+                  if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+    for _, path in kept[: max(0, len(kept) - keep)]:
+        shutil.rmtree(path)
+
+
 def resume_from_checkpoint(run_dir: Path, state: dict[str, Any], accelerator: Any, model: Any, optimizer: Any,
-                           scheduler: Any) -> tuple[int, int, dict[str, Any], RunHistory]:
-    """Put the checkpoint's tensors, optimizer, scheduler and RNG state (from `load_training_state`) back."""
+                           scheduler: Any) -> dict[str, Any]:
+    """Put the checkpoint's tensors, optimizer, scheduler and GradScaler (from `load_training_state`) back;
+    returns the position and bookkeeping. The RNG state is NOT restored here: the loop restores it
+    (`restore_rng_state(state["rng"])`) once it has skipped to the checkpoint's place in the data, so
+    dropout continues exactly where the interrupted run was."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     live = dict(unwrapped.named_parameters())
     expected = {name: live[name] for name in unwrapped.trainable_state_dict()}
@@ -51,10 +91,14 @@ def resume_from_checkpoint(run_dir: Path, state: dict[str, Any], accelerator: An
             live[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"])
-    logger.info("resumed %s after epoch %d (step %d)", run_dir, state["epoch"], state["global_step"])
-    return state["epoch"], state["global_step"], state["best"], RunHistory(**state["history"])
-
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    position = {"epoch": int(state["epoch"]), "batches": int(state.get("batches", 0)),
+                "global_step": int(state["global_step"]), "since_best": int(state.get("since_best", 0))}
+    logger.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, position["epoch"] + 1, position["batches"],
+                position["global_step"])
+    return {**position, "best": state["best"], "history": RunHistory(**state["history"]), "rng": state["rng"]}
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,7 +132,7 @@ def save_training_state(checkpoint_dir: Path, payload: dict[str, Any]) -> None:
 def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     path = checkpoint_dir / STATE_NAME
     if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} does not exist (the run has no finished epoch to resume from)")
+        raise ConfigError(f"cannot resume: {path} does not exist (the run has no checkpoint to resume from)")
     # weights_only: a checkpoint is data (tensors, numbers, lists); never run pickled code.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

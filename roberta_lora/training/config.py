@@ -71,7 +71,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
     max_length: int | None = None  # tokens per example; None = the task's max_length
     doc_stride: int | None = None  # SQuAD window overlap; None = the task's
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
+    max_steps: int | None = None  # train for exactly this many optimizer steps (overrides epochs; the schedule spans them)
+    eval_steps: int | None = None  # evaluate every N optimizer steps (None: at the end of each epoch)
+    save_steps: int | None = None  # checkpoint every N optimizer steps (None: after each evaluation)
+    logging_steps: int | None = None  # log the mean loss and learning rate every N steps (None: trackers every step)
+    save_total_limit: int | None = None  # checkpoints kept: the latest in checkpoint/, older ones as checkpoint-<step>/
+    metric_for_best: str | None = None  # the validation metric that picks best/ (None: the task's main metric)
+    early_stopping_patience: int | None = None  # stop after N evaluations without a better metric_for_best
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower steps
     max_train_samples: int | None = None  # use the first N training examples
     max_eval_samples: int | None = None  # evaluate on the first N examples of each validation split
     mixed_precision: str = "no"  # no | fp16 (CUDA) | bf16
@@ -110,7 +117,8 @@ class TrainConfig:
         for name in ("lora_rank", "batch_size", "epochs", "grad_accum", "eval_batch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
-        for name in ("max_length", "doc_stride", "max_steps", "max_train_samples", "max_eval_samples"):
+        for name in ("max_length", "doc_stride", "max_steps", "max_train_samples", "max_eval_samples", "eval_steps",
+                     "save_steps", "logging_steps", "save_total_limit", "early_stopping_patience"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and value >= 1), f"{name}={value!r}: expected an integer >= 1")
         need(self.max_length is None or self.max_length >= MIN_MAX_LENGTH,
@@ -129,6 +137,8 @@ class TrainConfig:
         need(0 <= self.seed < 2**32, f"seed={self.seed!r}: expected an integer in [0, 2**32)")
         need(self.output_dir is None or self.output_dir.strip() != "",
              "output_dir is empty: pass a folder name, or leave --output-dir out for outputs/<task>/<time>-<method>")
+        need(self.metric_for_best is None or self.metric_for_best.strip() != "",
+             "metric_for_best is empty: name a metric the task reports (e.g. accuracy, f1), or leave it out")
         need(not (self.resume and self.overwrite), "resume and overwrite together: --resume continues a run, "
              "--overwrite starts it again; pass one of them")
         if self.init_from is not None and not Path(self.init_from).is_dir():
@@ -189,7 +199,8 @@ def flag_of(field_name: str) -> str:
 
 
 # Settings a resumed run may change: they cannot change its results.
-RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir", "report_to")
+RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "num_workers", "cache_dir", "report_to", "save_steps",
+                      "logging_steps", "save_total_limit")
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:

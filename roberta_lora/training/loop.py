@@ -42,6 +42,7 @@ from roberta_lora.runtime import check_compile_backend, check_tracker, compile_m
 from roberta_lora.training.checkpoints import (
     STATE_NAME,
     load_training_state,
+    restore_rng_state,
     resume_from_checkpoint,
     save_checkpoint,
 )
@@ -52,7 +53,8 @@ from roberta_lora.training.config import (
     resume_differences,
 )
 from roberta_lora.training.optim import build_optimizer
-from roberta_lora.training.run_files import RunHistory, model_card, plot_curves, write_metrics_jsonl
+from roberta_lora.training.progress import RunState, check_metric_for_best, check_metric_name
+from roberta_lora.training.run_files import model_card, plot_curves, write_metrics_jsonl
 from roberta_lora.training.rundir import check_run_folder, claim_run_folder
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     seconds: float
+    stopped_early: bool = False
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -93,6 +96,7 @@ def train(config: TrainConfig, progress: bool = True, on_epoch_end: EpochCallbac
     if config.torch_compile:
         check_compile_backend(config.torch_compile_backend)
     spec = load_task(config.task)
+    check_metric_for_best(config.metric_for_best, spec)
     if config.output_dir is None:
         config.output_dir = str(Path("outputs") / spec.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}")
     run_dir = Path(config.output_dir)
@@ -156,12 +160,15 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
                                    config.num_workers)
     optimizer = build_optimizer(model, config.optim, config.learning_rate, config.weight_decay)
     unwrapped = model  # what is saved: never the compiled or distributed wrapper
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if config.torch_compile:
         model = compile_model(model, config.torch_compile_backend)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    # Steps are the unit: --max-steps sets the schedule and overrides --epochs, as in transformers' Trainer.
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    epochs = min(config.epochs, math.ceil(total_steps / steps_per_epoch))
+    epochs = math.ceil(total_steps / steps_per_epoch)
     # Not prepared by accelerate: we step it once per optimizer step ourselves, on every process.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
     if config.report_to != "none":  # trackers get the run's settings (flat, numbers and strings only)
@@ -170,24 +177,75 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
     if not config.resume:  # a resumed run keeps the config.json it was started with
         write_run_config(run_dir, config, spec, total_steps, steps_per_epoch, accelerator)
 
-    history, start_epoch, global_step, best = RunHistory(), 0, 0, {"epoch": -1, "value": None, "metrics": {}}
+    run = RunState(metric=config.metric_for_best or spec.main_metric)
+    saved_rng = None
     if config.resume and resume_state is None:
-        logger.warning("%s has no finished epoch to resume from; starting from the beginning", run_dir)
+        logger.warning("%s has no checkpoint to resume from; starting from the beginning", run_dir)
     elif resume_state is not None:
-        start_epoch, global_step, best, history = resume_from_checkpoint(run_dir, resume_state, accelerator, model,
-                                                                         optimizer, scheduler)
-    metrics = epoch_metrics(history.epochs[-1]) if history.epochs else {}
-    for epoch in range(start_epoch, epochs):
+        resumed = resume_from_checkpoint(run_dir, resume_state, accelerator, model, optimizer, scheduler)
+        run.restore(resumed)
+        saved_rng = resumed["rng"]
+    scaler = getattr(accelerator, "scaler", None)
+    metrics = epoch_metrics(run.history.epochs[-1]) if run.history.epochs else {}
+
+    def evaluate(final: bool) -> dict[str, float]:
+        """Validation metrics now; a record in metrics.jsonl; best/ when they are the best so far."""
+        found = evaluate_task(model, data, tokenizer, accelerator, config.eval_batch_size,
+                              output_dir=run_dir / "eval" if final else None,
+                              null_score_diff_threshold=config.null_score_diff_threshold,
+                              task_type=unwrapped.task_type, progress=progress)
+        check_metric_name(run.metric, found)
+        epoch = run.position["epoch"] + run.position["batches"] / len(loader)
+        record = run.record(found, round(epoch, 4), scheduler.get_last_lr()[0], time.perf_counter() - started)
+        logger.info("step %d (epoch %.2f): %s", run.global_step, epoch, {k: round(v, 4) for k, v in found.items()})
+        if config.report_to != "none":
+            accelerator.log({"train/epoch_loss": record["train_loss"], **{f"eval/{k}": v for k, v in found.items()}},
+                            step=run.global_step)
+        improved = run.judge(found)
+        if accelerator.is_main_process:
+            write_metrics_jsonl(run_dir, run.history)
+            if improved:
+                save_adapter_with_card(unwrapped, run_dir / "best", spec, config, found, record["epoch"])
+            plot_curves(run_dir / "curves.png", run.history, run.metric)
+        model.train()
+        return found
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir, unwrapped, optimizer, scheduler, run.checkpoint_position(), run.best,
+                            run.history, scaler=scaler, keep=config.save_total_limit, previous_step=run.saved_step)
+        run.saved_step = run.global_step
+        accelerator.wait_for_everyone()
+
+    stop = run.global_step >= total_steps
+    for epoch in range(run.position["epoch"], epochs):
+        if stop:
+            break
         # Through the prepared loader: accelerate re-sets the sampler's epoch from its own
         # iteration counter at every pass, and that counter restarts at 0 in a resumed process.
         loader.set_epoch(epoch)
         sampler.set_epoch(epoch)
         model.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not (progress and accelerator.is_local_main_process))
+        skip = run.position["batches"] if epoch == run.position["epoch"] else 0
+        run.start_epoch(epoch, skip)
+        # The RNG state goes back exactly where the interrupted run saved it: before this epoch's iterator is
+        # made when it saved at an epoch's end; after the iterator is made and the trained batches are
+        # skipped when it saved within the epoch (making an iterator draws from the global RNG).
+        if saved_rng is not None and skip == 0:
+            restore_rng_state(saved_rng)
+            saved_rng = None
+        batches = iter(loader)
+        for _ in range(skip):  # the batches the interrupted run had already trained on, in the same order
+            next(batches)
+        if saved_rng is not None:
+            restore_rng_state(saved_rng)
+            saved_rng = None
+        bar = tqdm(total=steps_per_epoch, initial=math.ceil(skip / config.grad_accum),
+                   desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and accelerator.is_local_main_process))
         # This optimizer step's micro-batch losses, summed on the device: no GPU-to-CPU sync per micro-batch.
         step_loss, micro_batches = torch.zeros((), device=accelerator.device), 0
-        for batch in loader:
+        for batch in batches:
+            run.position["batches"] += 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -198,75 +256,87 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
                     # loss, so a non-finite loss on any one stops them all here (none waits in a collective).
                     mean_loss = accelerator.gather(step_loss / micro_batches).float().mean().item()
                     if not math.isfinite(mean_loss):
-                        raise TrainingDivergedError(diverged_message(mean_loss, global_step + 1, epoch + 1, run_dir,
-                                                                     len(history.epochs)))
+                        raise TrainingDivergedError(diverged_message(mean_loss, run.global_step + 1, epoch + 1,
+                                                                     run_dir, run.saved_step))
                     if config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                history.steps.append(global_step)
-                history.learning_rates.append(scheduler.get_last_lr()[0])
-                history.losses.append(mean_loss)  # the mean over the step's micro-batches (and processes)
-                step_loss.zero_()
-                micro_batches = 0
-                scheduler.step()
-                global_step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{history.losses[-1]:.4f}", lr=f"{history.learning_rates[-1]:.2e}")
-                if config.report_to != "none":
-                    accelerator.log({"train/loss": history.losses[-1], "train/learning_rate": history.learning_rates[-1]},
-                                    step=global_step)
-                if global_step >= total_steps:
-                    break
+            if not accelerator.sync_gradients:
+                continue
+            run.step(mean_loss, scheduler.get_last_lr()[0])  # the mean over the step's micro-batches (and processes)
+            step_loss.zero_()
+            micro_batches = 0
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.history.losses[-1]:.4f}", lr=f"{run.history.learning_rates[-1]:.2e}")
+            log_step(config, accelerator, run)
+            stop = run.global_step >= total_steps
+            if config.eval_steps and (run.global_step % config.eval_steps == 0 or stop):
+                metrics = evaluate(final=stop)
+                stop = stop or run.patience_spent(config.early_stopping_patience)
+                if not config.save_steps:
+                    checkpoint()
+            if config.save_steps and (run.global_step % config.save_steps == 0 or stop):
+                checkpoint()
+            if stop:
+                break
         bar.close()
-
-        last_epoch = epoch + 1 == epochs or global_step >= total_steps
-        # The last epoch's evaluation also writes the prediction files (eval/<split>/).
-        metrics = evaluate_task(model, data, tokenizer, accelerator, config.eval_batch_size,
-                                output_dir=run_dir / "eval" if last_epoch else None,
-                                null_score_diff_threshold=config.null_score_diff_threshold,
-                                task_type=unwrapped.task_type, progress=progress)
-        epoch_losses = history.losses[-steps_per_epoch:]
-        record = {"epoch": epoch + 1, "step": global_step, "train_loss": sum(epoch_losses) / max(len(epoch_losses), 1),
-                  "learning_rate": scheduler.get_last_lr()[0], "elapsed_seconds": round(time.perf_counter() - started, 2),
-                  **{f"eval_{k}": v for k, v in metrics.items()}}
-        history.epochs.append(record)
-        logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
-        if config.report_to != "none":
-            accelerator.log({"train/epoch_loss": record["train_loss"], **{f"eval/{k}": v for k, v in metrics.items()}},
-                            step=global_step)
-        value = metrics[spec.main_metric]
-        improved = best["value"] is None or value > best["value"]
-        if improved:
-            best = {"epoch": epoch + 1, "value": value, "metrics": metrics}
-        if accelerator.is_main_process:
-            write_metrics_jsonl(run_dir, history)
-            if improved:
-                save_adapter_with_card(unwrapped, run_dir / "best", spec, config, metrics, epoch + 1)
-            plot_curves(run_dir / "curves.png", history, spec.main_metric)
-            save_checkpoint(run_dir, unwrapped, optimizer, scheduler, epoch + 1, global_step, best, history)
-        accelerator.wait_for_everyone()
+        if stop and config.eval_steps:
+            break
+        # The end of an epoch (or of --max-steps within it): evaluated unless --eval-steps decides.
+        if not config.eval_steps:
+            run.position.update(epoch=epoch + 1, batches=0)
+            metrics = evaluate(final=stop or epoch + 1 == epochs)
+            stop = stop or run.patience_spent(config.early_stopping_patience)
+            if not config.save_steps or stop:
+                checkpoint()
+        else:
+            run.position.update(epoch=epoch + 1, batches=0)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-        if global_step >= total_steps:
-            break
 
     if accelerator.is_main_process:
-        save_adapter_with_card(unwrapped, run_dir / "adapter", spec, config, metrics, len(history.epochs))
+        save_adapter_with_card(unwrapped, run_dir / "adapter", spec, config, metrics,
+                               run.history.epochs[-1]["epoch"] if run.history.epochs else 0)
     accelerator.wait_for_everyone()
     if config.report_to != "none":
         accelerator.end_training()
-    return TrainResult(run_dir, metrics, best["metrics"], best["epoch"], trainable, total,
-                       time.perf_counter() - started)
+    return TrainResult(run_dir, metrics, run.best["metrics"], run.best["epoch"], trainable, total,
+                       time.perf_counter() - started, stopped_early=run.stopped_early)
 
 
 # --------------------------------------------------------------------------------------- helpers
-def diverged_message(loss: float, step: int, epoch: int, run_dir: Path, finished_epochs: int) -> str:
-    kept = (f"the last good checkpoint (epoch {finished_epochs}) is kept in {run_dir / 'checkpoint'}"
-            if finished_epochs else "no epoch had finished, nothing was saved")
+def diverged_message(loss: float, step: int, epoch: int, run_dir: Path, saved_step: int | None) -> str:
+    kept = (f"the last good checkpoint (step {saved_step}) is kept in {run_dir / 'checkpoint'}"
+            if saved_step else "no checkpoint had been written, nothing was saved")
     return (f"loss became {loss} at step {step} (epoch {epoch}) (the mean over the step's micro-batches and "
             f"processes; every process stops here); {kept}. Lower --lr, use --mixed-precision no, or check the data")
+
+
+def log_step(config: TrainConfig, accelerator: Accelerator, run: RunState) -> None:
+    """Trackers get every step's loss, or with --logging-steps N the mean of each N steps (also in train.log)."""
+    every = config.logging_steps
+    if every is not None and run.global_step % every != 0:
+        return
+    losses = run.history.losses[-(every or 1):]
+    loss, rate = sum(losses) / len(losses), run.history.learning_rates[-1]
+    if every is not None:
+        logger.info("step %d: loss %.4f (mean of %d steps), learning rate %.3e", run.global_step, loss, len(losses),
+                    rate)
+    if config.report_to != "none":
+        accelerator.log({"train/loss": loss, "train/learning_rate": rate}, step=run.global_step)
+
+
+def enable_gradient_checkpointing(model: LoraWrapperRoberta) -> None:
+    """Recompute each encoder layer's activations in the backward pass (transformers' own checkpointing,
+    non-reentrant: it needs no input that requires grad, so it works with a frozen base and frozen
+    embeddings; dropout masks are replayed exactly)."""
+    encoder = model.roberta
+    if not getattr(encoder, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"--gradient-checkpointing: the {type(encoder).__name__} encoder does not support it; "
+                          "leave the flag out")
+    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -313,7 +383,7 @@ def write_run_config(run_dir: Path, config: TrainConfig, spec: TaskSpec, total_s
 
 
 def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: TaskSpec, config: TrainConfig,
-                           metrics: dict[str, float], epoch: int) -> None:
+                           metrics: dict[str, float], epoch: float) -> None:
     """The adapter folder with its README.md card, replaced as one unit (a kill never mixes the two)."""
     trainable, total = model.parameter_counts()
     card = model_card(task=spec.name, description=spec.description, base_model=config.model, metrics=metrics,
