@@ -10,6 +10,7 @@ from pathlib import Path
 
 from roberta_lora.choices import (
     COMPILE_BACKENDS,
+    DTYPES,
     HEAD_KINDS,
     METHODS,
     MIXED_PRECISION,
@@ -77,6 +78,22 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
                         "an experiment tracker (tensorboard: files in the run folder; default none)")
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype of `evaluate` and `predict` (checked by `check_device_flags` before any model loads)."""
+    parser.add_argument("--device", default="auto", help="where the model runs: auto (a CUDA GPU when there is "
+                        "one, else the CPU), cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's weights: float32, bfloat16 "
+                        "(CPU or GPU; about half the memory, answers close to float32) or float16 (CUDA only); "
+                        "default float32")
+
+
+def check_device_flags(args: argparse.Namespace) -> None:
+    """Refuse an unknown or absent --device, or a --dtype it cannot run, before the slow model loading starts."""
+    from roberta_lora.runtime import resolve_device, resolve_dtype  # torch, but not yet the model code
+
+    resolve_dtype(args.dtype, resolve_device(args.device))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train one adapter for one task")
     train.add_argument("--task", help="task name (sst2, mnli, squad_v2, ...) or a task TOML file "
@@ -105,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="SQuAD v2: predict no answer when null score - best span > this (default 0.0)")
     evaluate.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_flags(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = subparsers.add_parser("predict", help="labels, scores or answers for texts, as JSON lines")
@@ -116,6 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--text-pair", action="append", help="second text (repeatable); the context for SQuAD")
     predict.add_argument("--allow-base-mismatch", action="store_true",
                          help="predict even if the adapter was trained on another base (warns)")
+    add_device_flags(predict)
     predict.set_defaults(handler=run_predict)
 
     train_all = subparsers.add_parser("train-all", help="one adapter per task in turn, then a results table")
@@ -179,6 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    check_device_flags(args)
     from roberta_lora.evaluation.evaluate import evaluate_adapter
     from roberta_lora.fileio import atomic_write_text
 
@@ -190,7 +210,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                output_dir=predictions,
                                allow_base_mismatch=args.allow_base_mismatch,
                                null_score_diff_threshold=args.null_score_diff_threshold, cache_dir=args.cache_dir,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, device=args.device, dtype=args.dtype)
     if output:
         atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     print_json(metrics)
@@ -223,16 +243,23 @@ def _is_metrics_json(path: Path) -> bool:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from roberta_lora.evaluation.predict import Predictor, read_input_file
+    check_device_flags(args)
+    from roberta_lora.evaluation.predict import Predictor, read_input_file, text_problem
 
-    args.adapter = str(resolve_adapter(args.adapter))
     if args.text is not None:
         texts, pairs = args.text, args.text_pair
+        for flag, values in (("--text", texts), ("--text-pair", pairs or [])):
+            for number, text in enumerate(values, start=1):
+                if (problem := text_problem(text, from_argv=True)) is not None:
+                    which = f"{flag} {number}" if len(values) > 1 else flag
+                    raise ConfigError(f"{which} {problem}; pass non-empty UTF-8 text")
     else:
         if args.text_pair:
             raise ConfigError("--text-pair goes with --text; with --input put text_pair in each JSON line")
         texts, pairs = read_input_file(args.input)
-    predictor = Predictor(args.adapter, model_id=args.model, allow_base_mismatch=args.allow_base_mismatch)
+    args.adapter = str(resolve_adapter(args.adapter))
+    predictor = Predictor(args.adapter, model_id=args.model, allow_base_mismatch=args.allow_base_mismatch,
+                          device=args.device, dtype=args.dtype)
     for result in predictor.predict(texts, pairs):
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     return 0

@@ -29,7 +29,7 @@ from roberta_lora.evaluation.squad_postprocess import postprocess_predictions
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.model.config import AdapterConfig, read_adapter_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
-from roberta_lora.runtime import make_accelerator
+from roberta_lora.runtime import make_accelerator, resolve_device, resolve_dtype
 
 PAD_LOGIT = -1e4  # fills logits beyond a window's length when gathering across processes
 
@@ -43,8 +43,12 @@ def metric_suffix(spec: TaskSpec, split: str) -> str:
 
 @torch.inference_mode()
 def run_model(model: torch.nn.Module, split: EvalSplit, tokenizer: Any, accelerator: Any, batch_size: int,
-              task_type: str, progress: bool = True) -> dict[str, np.ndarray]:
-    """Model outputs for every row of `split.features`, in dataset order (whatever the batching)."""
+              task_type: str, progress: bool = True, device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """Model outputs for every row of `split.features`, in dataset order (whatever the batching).
+
+    `device`: where the model is, when not on the accelerator's device (`evaluate --device cpu` on a GPU
+    machine); batches go there. Outputs come back as float32 whatever the model's dtype.
+    """
     loader = accelerator.prepare(eval_loader(split.features, tokenizer, batch_size))
     model.eval()
     rows, outputs = [], {}
@@ -55,6 +59,8 @@ def run_model(model: torch.nn.Module, split: EvalSplit, tokenizer: Any, accelera
         batch.pop("labels", None)
         batch.pop("start_positions", None)
         batch.pop("end_positions", None)
+        if device is not None:
+            batch = {name: value.to(device) for name, value in batch.items()}
         out = model(**batch)
         if task_type == "glue":
             produced = {"logits": out.logits.float()}
@@ -110,11 +116,12 @@ def score_split(spec: TaskSpec, split: EvalSplit, outputs: dict[str, np.ndarray]
 
 def evaluate_task(model: torch.nn.Module, data: TaskData, tokenizer: Any, accelerator: Any, batch_size: int,
                   output_dir: Path | None = None, null_score_diff_threshold: float = 0.0,
-                  task_type: str = "glue", progress: bool = True) -> dict[str, float]:
-    """Every validation split of `data`, metrics merged into one dict (see `metric_suffix`)."""
+                  task_type: str = "glue", progress: bool = True, device: torch.device | None = None) -> dict[str, float]:
+    """Every validation split of `data`, metrics merged into one dict (see `metric_suffix`); `device` as in
+    `run_model`."""
     results: dict[str, float] = {}
     for split in data.eval_splits:
-        outputs = run_model(model, split, tokenizer, accelerator, batch_size, task_type, progress)
+        outputs = run_model(model, split, tokenizer, accelerator, batch_size, task_type, progress, device)
         split_dir = Path(output_dir) / split.name if output_dir is not None and accelerator.is_main_process else None
         metrics = score_split(data.spec, split, outputs, split_dir, null_score_diff_threshold)
         suffix = metric_suffix(data.spec, split.name)
@@ -126,22 +133,33 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
                      task: str | None = None, batch_size: int = 64, max_eval_samples: int | None = None,
                      output_dir: str | Path | None = None, allow_base_mismatch: bool = False,
                      null_score_diff_threshold: float = 0.0, cache_dir: str | Path | None = None,
-                     progress: bool = True) -> dict[str, float]:
+                     progress: bool = True, device: str | torch.device = "auto",
+                     dtype: str = "float32") -> dict[str, float]:
     """Evaluate a saved adapter on its task's validation split(s); the same code the trainer uses.
 
     Args:
         adapter_dir: the adapter folder. task: task name or TOML (default: the one recorded in the adapter).
         data_dir: local data root (None: the hub). model_id: base model (default: the adapter's).
         output_dir: where prediction files go (None: not written).
+        device: "auto" (the accelerator's device: a CUDA GPU when there is one, each process its own under
+            `accelerate launch`), "cpu", "cuda" or "cuda:N" (`runtime.resolve_device`).
+        dtype: the weights' dtype, "float32", "bfloat16" or "float16" (CUDA only); metrics are computed
+            from float32 copies of the outputs.
 
     Raises:
-        ConfigError: a batch size or sample count below 1, or a task the adapter was not trained for.
+        ConfigError: a batch size or sample count below 1, a device or dtype that is unknown or not available
+            here (checked before anything loads), or a task the adapter was not trained for.
     """
     problems = [f"{name}={value!r} (expected an integer >= 1)" for name, value in
                 (("batch_size", batch_size), ("max_eval_samples", max_eval_samples))
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)]
     if problems:
         raise ConfigError("cannot evaluate: " + "; ".join(problems))
+    weights = resolve_dtype(dtype, resolve_device(str(device)))
+    # The model is not `prepare`d: accelerate would wrap its forward in the process's autocast (bf16 after
+    # a bf16 training in this process); evaluation computes in the model's own precision, `dtype`.
+    accelerator = make_accelerator(mixed_precision=None)
+    target = evaluation_device(str(device), accelerator)
     config, _ = read_adapter_config(Path(adapter_dir))
     task = task or config.task
     if task is None:
@@ -155,14 +173,26 @@ def evaluate_adapter(adapter_dir: str | Path, data_dir: str | Path | None = None
     check_vocabulary(tokenizer, model.config, str(model_id or config.base_model))
     data = load_task_data(spec, tokenizer, data_dir, with_train=False, max_length=config.max_length,
                           doc_stride=config.doc_stride, max_eval_samples=max_eval_samples, cache_dir=cache_dir)
-    # The model is not `prepare`d: accelerate would wrap its forward in the process's autocast (bf16 after
-    # a bf16 training in this process); evaluation computes in the model's own precision.
-    accelerator = make_accelerator(mixed_precision=None)
-    model = model.to(accelerator.device)
+    model = model.to(device=target, dtype=weights)
     return evaluate_task(model, data, tokenizer, accelerator, batch_size,
                          output_dir=Path(output_dir) if output_dir else None,
                          null_score_diff_threshold=null_score_diff_threshold, task_type=config.task_type,
-                         progress=progress)
+                         progress=progress, device=None if target == accelerator.device else target)
+
+
+def evaluation_device(spec: str, accelerator: Any) -> torch.device:
+    """The device `evaluate_adapter` runs on: the accelerator's for "auto", else `spec` (`runtime.resolve_device`).
+
+    Raises:
+        ConfigError: an explicit device in a run of several processes, where each process has its own.
+    """
+    if spec.strip().lower() == "auto":
+        return accelerator.device
+    if accelerator.num_processes > 1:
+        raise ConfigError(f"--device {spec} with {accelerator.num_processes} processes: accelerate gives each "
+                          f"process its own device ({accelerator.device} here); leave --device auto under "
+                          "`accelerate launch`")
+    return resolve_device(spec)
 
 
 def check_task_fits(spec: TaskSpec, config: AdapterConfig, adapter_dir: str | Path) -> None:

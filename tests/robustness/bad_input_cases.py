@@ -704,6 +704,10 @@ def _evaluate_cases() -> None:
     e("other-base-model", [], ("other_base", "fingerprint"), model="{other_model}")
     e("output-is-the-validation-file", ["--output", "{glue}/SST-2/dev.tsv"], ("--output", "dev.tsv"))
     e("output-is-a-folder", ["--output", "{ws}/notes_dir"], ("--output", "notes_dir"), notes_dir)
+    e("device-unknown", ["--device", "gpu"], "--device 'gpu'")
+    e("device-cuda-absent", ["--device", "cuda:99"], "--device cuda:99")
+    e("dtype-float16-on-cpu", ["--device", "cpu", "--dtype", "float16"], "--dtype float16")
+    e("dtype-unknown", ["--dtype", "half"], "--dtype")
     e("output-parent-is-file", ["--output", "{ws}/results.txt/metrics.json"], ("--output", "results.txt"),
       lambda ws: ws.write("results.txt", "old\n"))
 
@@ -736,6 +740,28 @@ def _predict_cases() -> None:
     p("input-pairs-on-some-lines", ["--input", "{ws}/in.jsonl"], "in.jsonl",
       lambda ws: ws.write("in.jsonl", '{"text": "a", "text_pair": "b"}\n{"text": "c"}\n'))
     p("input-not-utf8", ["--input", "{ws}/in.txt"], "in.txt", lambda ws: ws.write("in.txt", b"caf\xe9 au lait\n"))
+    # Text the tokenizer cannot take: argv bytes that are not UTF-8 (Python decodes b"\xff" to "\udcff"), half a
+    # JSON \u escape pair, empty or blank text. The message names which --text / which line and field.
+    p("text-not-utf8-argv", ["--text", "a good film", "--text", "caf" + os.fsdecode(b"\xff")], "--text 2")
+    p("text-pair-not-utf8-argv", ["--text", "a", "--text-pair", os.fsdecode(b"\xe9t\xe9")], "--text-pair")
+    p("text-empty", ["--text", ""], "--text is empty")
+    p("text-whitespace-only", ["--text", "a good film", "--text", "   "], "--text 2")
+    p("input-jsonl-lone-surrogate", ["--input", "{ws}/in.jsonl"], 'in.jsonl:2: "text"',
+      lambda ws: ws.write("in.jsonl", '{"text": "a good film"}\n{"text": "bad \\ud800 film"}\n'))
+    p("input-jsonl-pair-lone-surrogate", ["--input", "{ws}/in.jsonl"], 'in.jsonl:3: "text_pair"',
+      lambda ws: ws.write("in.jsonl", '{"text": "a", "text_pair": "b"}\n\n{"text": "c", "text_pair": "\\udfff"}\n'))
+    p("input-jsonl-empty-text", ["--input", "{ws}/in.jsonl"], 'in.jsonl:1: "text"',
+      lambda ws: ws.write("in.jsonl", '{"text": ""}\n'))
+    p("input-txt-zero-width-line", ["--input", "{ws}/in.txt"], "in.txt:3",
+      lambda ws: ws.write("in.txt", "a good film\n\n\u200b\u200b\na bad film\n"))
+    p("squad-context-lone-surrogate", ["--input", "{ws}/in.jsonl"], 'in.jsonl:1: "context"',
+      lambda ws: ws.write("in.jsonl", '{"question": "Who sat?", "context": "The cat \\udc80 sat."}\n'),
+      adapter="{adapter_squad}")
+    # --device / --dtype: refused before the model loads (cuda:99 is absent with or without a GPU).
+    p("device-unknown", ["--text", "a", "--device", "gpu"], "--device 'gpu'")
+    p("device-cuda-absent", ["--text", "a", "--device", "cuda:99"], "--device cuda:99")
+    p("dtype-float16-on-cpu", ["--text", "a", "--device", "cpu", "--dtype", "float16"], "--dtype float16")
+    p("dtype-unknown", ["--text", "a", "--dtype", "fp16"], "--dtype")
     p("squad-without-context", ["--text", "Who sat?"], "--text-pair", adapter="{adapter_squad}")
     p("squad-pair-count-mismatch", ["--text", "Who sat?", "--text", "Where?", "--text-pair", "The cat sat."],
       ("--text-pair", "text pair"), adapter="{adapter_squad}")
