@@ -336,7 +336,10 @@ def enable_gradient_checkpointing(model: LoraWrapperRoberta) -> None:
     if not getattr(encoder, "supports_gradient_checkpointing", False):
         raise ConfigError(f"--gradient-checkpointing: the {type(encoder).__name__} encoder does not support it; "
                           "leave the flag out")
-    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
