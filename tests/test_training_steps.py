@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_glue import write_glue_fixture
 
 from roberta_lora.errors import ConfigError
 from roberta_lora.training.config import TrainConfig
 from roberta_lora.training.loop import train
 from roberta_lora.training.progress import RunState, better
+
+from fixtures_glue import write_glue_fixture
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,23 @@ def test_the_grad_scaler_is_saved_and_restored(tiny_model_dir, tmp_path):
     resumed = resume_from_checkpoint(tmp_path, state, accelerator, model, optimizer, scheduler)
     assert accelerator.scaler.get_scale() == 512.0 and accelerator.scaler.get_growth_interval() == 7
     assert (resumed["epoch"], resumed["batches"], resumed["global_step"]) == (1, 3, 7)
+
+
+def test_what_trains_is_set_from_the_cli(tiny_model_dir, data_dir, tmp_path, capsys):
+    """PEFT's bias="none" without a TOML file: --no-train-biases --no-train-layer-norms."""
+    from safetensors.torch import load_file
+
+    from roberta_lora.cli.main import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--output-dir",
+            str(run), "--max-steps", "2", "--batch-size", "8", "--no-progress", "--no-train-biases",
+            "--no-train-layer-norms", "--max-grad-norm", "0.5", "--eval-steps", "1", "--save-steps", "1"]
+    assert main(argv) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["train_biases"], saved["train_layer_norms"], saved["max_grad_norm"]) == (False, False, 0.5)
+    encoder = [k for k in load_file(run / "adapter/adapter.safetensors") if not k.startswith("classifier.")]
+    assert encoder and all("lora_" in k for k in encoder)  # only LoRA factors outside the head
+    capsys.readouterr()
+    assert main([*argv[:-6], "--max-grad-norm", "nan", "--output-dir", str(tmp_path / "other")]) == 2
+    assert "max_grad_norm" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -54,7 +54,30 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="bf16 (CPU or GPU) or fp16 (CUDA); default no")
     parser.add_argument("--max-train-samples", type=int, help="use the first N training examples")
     parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples of each split")
-    parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the schedule spans them)")
+    parser.add_argument("--max-steps", type=int, help="train for exactly N optimizer steps; overrides --epochs (the "
+                        "schedule spans them)")
+    steps = parser.add_argument_group("steps, checkpoints and the best adapter (default: once per epoch)")
+    steps.add_argument("--eval-steps", type=int, help="evaluate every N optimizer steps (and at the end)")
+    steps.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: after each evaluation); "
+                       "--resume continues exactly from the last one, mid-epoch included")
+    steps.add_argument("--logging-steps", type=int, help="log the mean loss of every N steps to train.log and the "
+                       "tracker (default: the tracker gets every step)")
+    steps.add_argument("--save-total-limit", type=int, help="checkpoints kept: the latest in checkpoint/, the K-1 "
+                       "before it as checkpoint-<step>/ (default 1)")
+    steps.add_argument("--metric-for-best", help="the validation metric that picks best/ (default: the task's main "
+                       "metric); higher is better, a NaN ranks worst")
+    steps.add_argument("--early-stopping-patience", type=int, help="stop after N evaluations without a better "
+                       "--metric-for-best")
+    steps.add_argument("--gradient-checkpointing", action="store_const", const=True,
+                       help="recompute activations in the backward pass: much less memory, slower steps")
+    trains = parser.add_argument_group("what trains besides LoRA (PEFT's bias=\"none\": --no-train-biases)")
+    trains.add_argument("--train-biases", action=argparse.BooleanOptionalAction, default=None,
+                        help="train every bias of the base (default: yes; PEFT bias=\"all\")")
+    trains.add_argument("--train-layer-norms", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the LayerNorm weights and biases (default: yes)")
+    trains.add_argument("--train-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the embedding tables (default: no)")
+    trains.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0 turns it off)")
     parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_const", const=False,
                         help="plain shuffled batches instead of length-grouped ones")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
