@@ -127,8 +127,8 @@ def test_the_base_matmul_runs_once_per_layer_for_the_whole_batch(engine, monkeyp
 
 
 def test_remove_then_the_name_is_unknown(engine, alone, adapter_dirs):
-    largest = engine.nbytes("squad")
-    engine.remove("squad")  # the only rank-6 adapter on its layers: their padding shrinks
+    held = engine.nbytes("squad")
+    engine.remove("squad")  # the only rank-6 adapter: its rank tables go
     assert engine.names == ["sst2", "mnli", "stsb", "probe"]
     with pytest.raises(ConfigError, match=r"'squad'.*\['sst2', 'mnli', 'stsb', 'probe'\]"):
         engine.forward(*padded_batch(1), ["squad"])
@@ -137,8 +137,8 @@ def test_remove_then_the_name_is_unknown(engine, alone, adapter_dirs):
     names = ["probe", "stsb", "mnli", "sst2"]
     ids, mask = padded_batch(4)
     assert_rows_match(engine.forward(ids, mask, names), names, alone, ids, mask)
-    engine.add("squad", adapter_dirs["squad"])  # added again: the padding grows back
-    assert engine.nbytes("squad") == largest
+    engine.add("squad", adapter_dirs["squad"])  # added again: the same rows come back
+    assert engine.nbytes("squad") == held
     names = ["squad", "mnli", "squad"]
     ids, mask = padded_batch(3)
     assert_rows_match(engine.forward(ids, mask, names), names, alone, ids, mask)
@@ -211,7 +211,155 @@ def test_other_families(family, tmp_path):
 
 
 def test_an_adapter_of_another_family_is_refused(engine, tmp_path):
-    base = make_toy_encoder(tmp_path / "bert", "bert")
+    base = make_toy_encoder(tmp_path / "bert-base", "bert")
     dirs = save_adapters(base, tmp_path, {"bert": {"num_classes": 2}})
     with pytest.raises(AdapterError, match="'bert' base"):
         engine.add("bert", dirs["bert"])
+
+
+# ----------------------------------------------------------------------------- adapters of different ranks
+# Each adapter's factors are kept at its own rank: a batch pays for the ranks in it, and what one adapter
+# holds does not depend on the others.
+RANKS = {"r2": {"num_classes": 2, "lora_rank": 2, "targets": "query,value"},
+         "r8": {"num_classes": 3, "lora_rank": 8, "targets": "all-linear"},
+         "r32": {"task_type": "squad_v2", "lora_rank": 32, "targets": "query,key,intermediate"},
+         "head": {"num_classes": 2, "method": "head"}}
+
+
+@pytest.fixture(scope="module")
+def rank_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    return save_adapters(tiny_model_dir, tmp_path_factory.mktemp("ranks"), RANKS)
+
+
+@pytest.fixture(scope="module")
+def rank_alone(rank_dirs) -> dict[str, LoraWrapperRoberta]:
+    return {name: LoraWrapperRoberta.from_adapter(d) for name, d in rank_dirs.items()}
+
+
+def shuffled(names: list[str], seed: int = 0) -> list[str]:
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [names[i] for i in order]
+
+
+def expected_nbytes(model: LoraWrapperRoberta) -> int:
+    """What an engine holds for `model`'s adapter, counted from the model: its LoRA factors as saved, a bias
+    row for every base Linear with a bias and a weight + bias row for every LayerNorm (the base's values
+    where it trains none), one int64 index entry per Linear, and its head."""
+    tensors = model.adapter_state_dict()
+    factors = sum(t.nbytes for n, t in tensors.items() if ".lora_A." in n or ".lora_B." in n)
+    head = sum(p.nbytes for p in model.head_module.parameters())
+    rows = 0
+    for module in model.unload().modules():
+        if isinstance(module, torch.nn.Linear):
+            rows += 8 + (module.bias.nbytes if module.bias is not None else 0)
+        elif isinstance(module, torch.nn.LayerNorm):
+            rows += module.weight.nbytes + module.bias.nbytes
+    return factors + head + rows
+
+
+def test_a_batch_of_three_ranks_equals_each_adapter_alone(rank_alone, rank_dirs):
+    engine = engine_for(rank_alone["r2"], rank_dirs)
+    names = shuffled(list(RANKS) * 3, seed=1)
+    ids, mask = padded_batch(len(names))
+    assert_rows_match(engine.forward(ids, mask, names), names, rank_alone, ids, mask)
+    for name in RANKS:  # and each rank on its own
+        assert_rows_match(engine.forward(ids[:3], mask[:3], [name] * 3), [name] * 3, rank_alone, ids[:3], mask[:3])
+
+
+def test_factors_are_kept_at_their_own_rank(rank_alone, rank_dirs):
+    engine = engine_for(rank_alone["r2"], rank_dirs)
+    query = engine.encoder.get_submodule("encoder.layer.0.attention.self.query")
+    output = engine.encoder.get_submodule("encoder.layer.0.output.dense")  # all-linear only: r8
+    assert {r: tuple(t.a.shape) for r, t in query.factors.items()} == {"2": (2, 2, 32), "8": (2, 8, 32),
+                                                                       "32": (2, 32, 32)}
+    assert {r: tuple(t.b.shape) for r, t in output.factors.items()} == {"8": (2, 32, 8)}
+
+
+def test_a_batch_pays_only_for_its_own_ranks(rank_alone, rank_dirs, monkeypatch):
+    engine = engine_for(rank_alone["r2"], rank_dirs)
+    inner: list[int] = []
+    real_bmm = torch.bmm
+
+    def recording_bmm(x, y, **kwargs):
+        inner.append(y.size(-1))  # x (n, T, in) @ A^T (n, in, r): the rank multiplied
+        return real_bmm(x, y, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", recording_bmm)
+    engine.forward(*padded_batch(4), ["r2", "head", "r2", "r2"])
+    assert inner and set(inner) == {2}  # only rank-2 factors were multiplied: no r=32 padding, no zeros
+    inner.clear()
+    engine.forward(*padded_batch(4), ["head"] * 4)
+    assert inner == []  # a head-only adapter has no LoRA work at all
+
+
+def test_nbytes_is_what_the_adapter_holds_whatever_else_is_loaded(rank_alone, rank_dirs):
+    engine = BatchedAdapters(rank_alone["r2"])
+    assert engine.held_bytes() == 0
+    engine.add("r2", rank_dirs["r2"])
+    small = engine.nbytes("r2")
+    assert small == expected_nbytes(rank_alone["r2"]) == engine.held_bytes()
+    engine.add("r32", rank_dirs["r32"])  # a larger rank: r2's rows are not padded to it
+    assert engine.nbytes("r2") == small
+    assert engine.nbytes("r32") == expected_nbytes(rank_alone["r32"])
+    for name in ("r8", "head"):
+        engine.add(name, rank_dirs[name])
+    sizes = {name: engine.nbytes(name) for name in engine.names}
+    assert sizes == {name: expected_nbytes(rank_alone[name]) for name in RANKS}
+    assert engine.held_bytes() == sum(sizes.values())
+    engine.remove("r32")  # the only rank-32 adapter: its tables go
+    assert not any("32" in m.factors for m in engine.encoder.modules() if isinstance(m, BatchedLinear))
+    assert {n: engine.nbytes(n) for n in engine.names} == {n: sizes[n] for n in ("r2", "r8", "head")}
+    assert engine.held_bytes() == sizes["r2"] + sizes["r8"] + sizes["head"]
+    engine.add("again", rank_dirs["r32"])
+    engine.remove("r2")  # rows after a removed one move up; what each holds does not change
+    assert {n: engine.nbytes(n) for n in engine.names} == {"r8": sizes["r8"], "head": sizes["head"],
+                                                           "again": sizes["r32"]}
+    assert engine.held_bytes() == sizes["r8"] + sizes["head"] + sizes["r32"]
+    names = ["again", "r8", "head", "again"]
+    ids, mask = padded_batch(4)
+    assert_rows_match(engine.forward(ids, mask, names), ["r32", "r8", "head", "r32"], rank_alone, ids, mask)
+    for name in list(engine.names):
+        engine.remove(name)
+    assert engine.held_bytes() == 0
+
+
+def test_removing_one_of_several_adapters_of_a_rank_keeps_the_others_exact(rank_alone, rank_dirs):
+    engine = BatchedAdapters(rank_alone["r8"])
+    for name in ("a", "b", "c"):
+        engine.add(name, rank_dirs["r8"] if name != "b" else rank_dirs["r2"])
+    engine.add("d", rank_dirs["r8"])
+    engine.remove("a")  # rank 8's first row: c and d move up in the rank-8 tables
+    names = ["d", "b", "c", "d"]
+    ids, mask = padded_batch(4)
+    assert_rows_match(engine.forward(ids, mask, names), ["r8", "r2", "r8", "r8"], rank_alone, ids, mask)
+
+
+def test_a_bfloat16_model_answers_a_mixed_batch_close_to_float32(rank_alone, rank_dirs):
+    names = shuffled(list(RANKS) * 2, seed=2)
+    ids, mask = padded_batch(len(names))
+    full = engine_for(rank_alone["r2"], rank_dirs).forward(ids, mask, names)
+    model = LoraWrapperRoberta.from_adapter(rank_dirs["r2"]).to(torch.bfloat16)
+    engine = engine_for(model, rank_dirs)
+    linear = engine.encoder.get_submodule("encoder.layer.1.attention.self.query")
+    assert {t.a.dtype for t in linear.factors.values()} == {torch.bfloat16} and linear.biases.dtype == torch.bfloat16
+    half = engine.forward(ids, mask, names)
+    for ours, reference in zip(half, full, strict=True):
+        for key, tensor in reference.items():
+            assert ours[key].dtype == torch.bfloat16
+            torch.testing.assert_close(ours[key].float(), tensor, atol=0.05, rtol=0.05)
+
+
+def test_mixed_ranks_on_bert(tmp_path):
+    base = make_toy_encoder(tmp_path / "bert", "bert")
+    specs = {"r2": {"num_classes": 2, "lora_rank": 2}, "r16": {"num_classes": 3, "lora_rank": 16,
+                                                              "targets": "all-linear"},
+             "r4": {"task_type": "squad_v1", "lora_rank": 4, "targets": "value,output"}}
+    dirs = save_adapters(base, tmp_path, specs)
+    alone = {name: LoraWrapperRoberta.from_adapter(d) for name, d in dirs.items()}
+    engine = engine_for(alone["r2"], dirs)
+    names = shuffled(list(specs) * 3, seed=3)
+    ids, mask = padded_batch(len(names), vocab=alone["r2"].config.vocab_size)
+    segments = torch.zeros_like(ids)
+    segments[:, 5:] = 1
+    assert_rows_match(engine.forward(ids, mask, names, token_type_ids=segments), names, alone, ids, mask, segments)
+    assert engine.held_bytes() == sum(engine.nbytes(n) for n in engine.names)

@@ -8,6 +8,7 @@ every timing hook present), so a benchmark that reports the wrong thing fails he
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -157,10 +158,67 @@ def test_layer_breakdown_times_every_part_forward_and_backward(tmp_path: Path) -
 def test_serve_benchmark_measures_every_variant_through_the_real_server(tmp_path: Path) -> None:
     pytest.importorskip("fastapi")
     output = tmp_path / "serve.md"
-    load_script("serve").main(["--adapters", "1,2", "--requests", "12", "--concurrency", "3", "--size", "tiny",
-                               "--output", str(output)])
-    header, rows = table_rows(output.read_text(), "adapters")
+    load_script("serve").main(["--part", "server", "--adapters", "1,2", "--requests", "12", "--concurrency", "3",
+                               "--size", "tiny", "--output", str(output)])
+    text = output.read_text()
+    assert "<!-- section: server-tiny-" in text and "forward-" not in text  # only the part asked for ran
+    header, rows = table_rows(text, "adapters")
     assert header == ["adapters", "variant", "examples/s", "p50 ms", "p99 ms"]
-    assert [(r[0], r[1]) for r in rows] == [(n, v) for n in ("1", "2") for v in ("mixed", "grouped", "merged")]
+    assert [(r[0], r[1]) for r in rows] == [(n, v) for n in ("1", "2") for v in ("mixed", "grouped", "merged", "base")]
     assert all(float(r[2]) > 0 and 0 < float(r[3]) <= float(r[4]) for r in rows)
-    assert "mixed / grouped = **" in output.read_text() and "mixed / merged = **" in output.read_text()
+    assert "mixed / grouped = **" in text and "mixed / merged = **" in text and "mixed / base alone = **" in text
+
+
+def test_serve_forward_part_checks_and_times_ours_peft_and_the_base(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    output = tmp_path / "serve.md"
+    load_script("serve").main(["--part", "forward", "--size", "tiny", "--cases", "2x4,3x6", "--ranks", "4,2",
+                               "--tokens", "8", "--unused", "3x4:2:16", "--warmup", "0", "--repeats", "1",
+                               "--output", str(output)])
+    text = output.read_text()  # reaching here means ours and PEFT agreed with each adapter alone
+    assert "<!-- section: forward-tiny-" in text and "Command: `python benchmarks/serve.py --part forward" in text
+    header, rows = table_rows(text, "adapters / rows")
+    header = [re.sub(r" \((CPU|wall)\)$", "", h) for h in header]  # the clock the times were read from
+    assert header == ["adapters / rows", "ours ms", "PEFT ms", "base alone ms", "base / ours", "PEFT / ours"]
+    assert [r[0] for r in rows] == ["2 / 4", "3 / 6"]
+    for r in rows:  # the ratios are the medians' ratios
+        ours, peft, base = (float(c) for c in r[1:4])
+        assert float(r[4]) == pytest.approx(base / ours, rel=0.05, abs=0.002)
+        assert float(r[5]) == pytest.approx(peft / ours, rel=0.05, abs=0.002)
+    header, rows = table_rows(text, "adapters loaded")
+    header = [re.sub(r" \((CPU|wall)\)$", "", h) for h in header]
+    assert header == ["adapters loaded", "ms per forward", "throughput vs all r=2", "held MB"]
+    assert [r[0] for r in rows] == ["3 x r=2", "2 x r=2 + 1 x r=16 (unused)"]
+    assert float(rows[1][2]) == pytest.approx(float(rows[0][1]) / float(rows[1][1]), rel=0.05, abs=0.002)
+    assert float(rows[1][3]) > float(rows[0][3])  # the r=16 adapter holds more, whatever it costs the batch
+    assert "ours' throughput / the base alone's = **" in text and "throughput / all r=2 = **" in text
+
+
+def test_serve_forward_verdicts_come_from_the_medians() -> None:
+    script = load_script("serve")
+    args = script.parse_args(["--size", "tiny", "--ranks", "8,4"])
+    records = [{"adapters": 16, "rows": 32, "ours": 700.0, "peft": 770.0, "base": 693.0},
+               {"adapters": 64, "rows": 64, "ours": 1400.0, "peft": 1540.0, "base": 1302.0}]
+    unused = {"adapters": 16, "rows": 32, "rank": 8, "large": 64, "same": 700.0, "mixed": 800.0,
+              "held_same": 2 * 1024 * 1024, "held_mixed": 3 * 1024 * 1024}
+    text = script.forward_report(records, unused, args)
+    _, rows = table_rows(text, "adapters / rows")
+    assert [r[4:] for r in rows] == [["0.990", "1.100"], ["0.930", "1.100"]]
+    assert "16 adapters / 32 rows: ours' throughput / the base alone's = **0.990**, met" in text
+    assert "64 adapters / 64 rows: ours' throughput / the base alone's = **0.930**, NOT met" in text
+    _, rows = table_rows(text, "adapters loaded")
+    assert rows[1][1:] == ["800.0", "0.875", "3.00"]
+    assert "throughput / all r=8 = **0.875**, NOT met (goal >= 0.9)" in text
+
+
+def test_serve_sections_replace_only_their_own(tmp_path: Path) -> None:
+    script = load_script("serve")
+    output = tmp_path / "serve.md"
+    script.write_section(output, "server-tiny-1t", "Server", "cmd 1", "| adapters |\n|---|\n| 1 |")
+    script.write_section(output, "forward-base-2t", "Forward", "cmd 2", "forward body")
+    script.write_section(output, "server-tiny-1t", "Server", "cmd 3", "new server body")
+    text = output.read_text()
+    assert text.startswith("# Serving many adapters")
+    assert text.index("section: forward-base") < text.index("section: server-tiny")  # the headline first
+    assert "forward body" in text and "new server body" in text and "cmd 1" not in text
+    assert text.count("<!-- section:") == 2

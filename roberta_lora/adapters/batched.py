@@ -6,15 +6,19 @@ adds its own adapter's parts, gathered per row from stacked tables:
 
 - every `nn.Linear` of a copy of the plain base encoder becomes a `BatchedLinear`: the base matmul
   without bias, once for the batch (`F.linear(x, W)`, (B, T, out)), plus the row's bias from a table
-  (n + 1, out) and the row's LoRA update scale * B(A x) from tables (n + 1, r_max, in) and
-  (n + 1, out, r_max) through `torch.bmm` (smaller ranks are padded with zeros; an adapter that does
-  not target the layer has zero factors);
+  (n + 1, out) and the row's LoRA update scale * B(A x). The LoRA factors are kept at each adapter's
+  own rank, one table pair per rank on the layer ((k + 1, r, in) and (k + 1, out, r) for the k
+  adapters of rank r); no adapter is padded to another's rank;
 - every `nn.LayerNorm` becomes a `BatchedLayerNorm`: `F.layer_norm` without affine, then the row's
   weight and bias from tables (n + 1, H).
 
-Row 0 of every table is the plain base (no update, the base's own bias and LayerNorm); adapter k
-(load order) is row k + 1 and holds the base's values wherever it trains none. The per-row table
-index reaches the modules for one call only, through a context variable set by `forward` (as
+Row 0 of every bias / LayerNorm table is the plain base; adapter k (load order) is row k + 1 and
+holds the base's values wherever it trains none. `forward` orders the batch so that rows of one
+rank are contiguous (the encoder treats rows independently; the answers come back in the caller's
+order), and each layer then runs one `bmm` pair per rank present IN THIS BATCH on that slice of
+rows: the cost depends on the ranks in the batch only, and a batch of one rank costs one gather and
+one `bmm` pair, as a single padded table would. What the modules need for one call (the rows and
+the rank slices, `_Batch`) reaches them through a context variable set by `forward` (as
 `lora.layer.shared_branches` does): concurrent forwards never mix and nothing stays on a module.
 Each adapter's head (tiny) then runs on its own rows. Transformers' forward code runs unchanged.
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,86 +48,144 @@ from roberta_lora.model.heads import build_head
 from roberta_lora.model.tensors import base_name, is_lora_factor
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 
-# The table row of each example (B,), for the duration of one `BatchedAdapters.forward` only.
-_ROWS: ContextVar[torch.Tensor | None] = ContextVar("roberta_lora_batched_rows", default=None)
+
+@dataclass(frozen=True)
+class _Batch:
+    """One forward's rows, as the batched modules need them.
+
+    rows: (B,) the table row of each example, with the rows of one rank contiguous.
+    groups: (rank, start, stop) for each rank with LoRA factors present in the batch: rows[start:stop].
+    """
+
+    rows: torch.Tensor
+    groups: tuple[tuple[int, int, int], ...]
+
+
+# The rows of the batch, for the duration of one `BatchedAdapters.forward` only.
+_BATCH: ContextVar[_Batch | None] = ContextVar("roberta_lora_batched_rows", default=None)
 
 
 @contextmanager
-def _rows(rows: torch.Tensor) -> Iterator[None]:
-    token = _ROWS.set(rows)
+def _batch(batch: _Batch) -> Iterator[None]:
+    token = _BATCH.set(batch)
     try:
         yield
     finally:
-        _ROWS.reset(token)
+        _BATCH.reset(token)
 
 
-def _current_rows(x: torch.Tensor) -> torch.Tensor:
-    rows = _ROWS.get()
-    if rows is None or rows.size(0) != x.size(0):
+def _current_batch(x: torch.Tensor) -> _Batch:
+    batch = _BATCH.get()
+    if batch is None or batch.rows.size(0) != x.size(0):
         raise RuntimeError("internal error: a batched adapter module was called outside BatchedAdapters.forward "
                            "or on another batch than the one its rows were set for")
-    return rows
+    return batch
 
 
-def _pad(table: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """`table` cut or zero-padded to `size` along `dim` (the rank dimension of a LoRA table)."""
-    if table.size(dim) >= size:
-        return table.narrow(dim, 0, size)
-    shape = list(table.shape)
-    shape[dim] = size - table.size(dim)
-    return torch.cat([table, table.new_zeros(shape)], dim=dim)
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class RankTable(nn.Module):
+    """The LoRA factors of one layer's adapters of rank r: `a` (k + 1, r, in) and `b` (k + 1, out, r),
+    `b` already multiplied by alpha / r. Row 0 is zeros (no update): the row of an adapter of this rank
+    that does not adapt the layer; rows 1..k are the k adapters of this rank that do, in load order."""
+
+    def __init__(self, rank: int, like: torch.Tensor) -> None:
+        super().__init__()
+        out_features, in_features = like.shape
+        self.register_buffer("a", like.new_zeros(1, rank, in_features))
+        self.register_buffer("b", like.new_zeros(1, out_features, rank))
+
+    def __len__(self) -> int:
+        """Adapters held (row 0 aside)."""
+        return self.a.size(0) - 1
+
+    def append(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        """Add `a` (r, in) and the scaled `b` (out, r); returns their row."""
+        self.a = torch.cat([self.a, a.to(self.a)[None]])
+        self.b = torch.cat([self.b, b.to(self.b)[None]])
+        return len(self)
+
+    def drop(self, row: int) -> None:
+        """Remove row `row` (> 0); the rows after it move up by one."""
+        keep = [i for i in range(self.a.size(0)) if i != row]
+        self.a, self.b = self.a[keep], self.b[keep]
+
+    def row_nbytes(self, row: int) -> int:
+        return _bytes(self.a[row]) + _bytes(self.b[row])
 
 
 class BatchedLinear(nn.Module):
     """A frozen linear layer whose bias and LoRA update are chosen per row of the batch.
 
-    Tables (row 0 = the plain base): `biases` (n + 1, out) or None when the base has no bias,
-    `lora_a` (n + 1, r_max, in), `lora_b` (n + 1, out, r_max) already multiplied by alpha / r.
+    Tables (row 0 = the plain base): `biases` (n + 1, out) or None when the base has no bias;
+    `factors[str(r)]`, a `RankTable` per rank r held on this layer; `slots` (n + 1,) the row of each
+    adapter in its rank's table (0: no update on this layer, so also for row 0).
     """
 
     def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)  # (out, in), shared by every row
-        out_features, in_features = self.weight.shape
         self.register_buffer("biases", None if base.bias is None else base.bias.detach()[None].clone())
-        self.register_buffer("lora_a", self.weight.new_zeros(1, 0, in_features))
-        self.register_buffer("lora_b", self.weight.new_zeros(1, out_features, 0))
-        self.ranks = [0]  # the true rank of each row (padding aside)
+        self.factors = nn.ModuleDict()
+        self.register_buffer("slots", torch.zeros(1, dtype=torch.long, device=self.weight.device))
+        self.ranks = [0]  # per row: the rank of its factors on this layer (0: none)
 
     def append(self, tensors: dict[str, torch.Tensor], scaling: float) -> None:
         """Add a row: `tensors` may hold "bias" (out,), "lora_A" (r, in) and "lora_B" (out, r)."""
         if self.biases is not None:
             bias = tensors.get("bias", self.biases[0])
             self.biases = torch.cat([self.biases, bias.to(self.biases)[None]])
-        a = tensors.get("lora_A", self.lora_a.new_zeros(0, self.lora_a.size(2)))
-        b = tensors.get("lora_B", self.lora_b.new_zeros(self.lora_b.size(1), 0)) * scaling
-        r_max = max(self.lora_a.size(1), a.size(0))
-        self.lora_a = torch.cat([_pad(self.lora_a, r_max, 1), _pad(a.to(self.lora_a)[None], r_max, 1)])
-        self.lora_b = torch.cat([_pad(self.lora_b, r_max, 2), _pad(b.to(self.lora_b)[None], r_max, 2)])
-        self.ranks.append(a.size(0))
+        slot, rank = 0, 0
+        if "lora_A" in tensors:
+            rank = tensors["lora_A"].size(0)
+            if str(rank) not in self.factors:
+                self.factors[str(rank)] = RankTable(rank, self.weight)
+            slot = self.factors[str(rank)].append(tensors["lora_A"], tensors["lora_B"] * scaling)
+        self.ranks.append(rank)
+        self.slots = torch.cat([self.slots, self.slots.new_tensor([slot])])
 
     def drop(self, row: int) -> None:
-        """Remove table row `row` (> 0); the padding shrinks to the largest remaining rank."""
+        """Remove table row `row` (> 0) and its factors; a rank no other adapter uses here goes with it."""
         keep = [i for i in range(len(self.ranks)) if i != row]
-        del self.ranks[row]
         if self.biases is not None:
             self.biases = self.biases[keep]
-        self.lora_a = _pad(self.lora_a[keep], max(self.ranks), 1)
-        self.lora_b = _pad(self.lora_b[keep], max(self.ranks), 2)
+        rank, slot = self.ranks.pop(row), int(self.slots[row])
+        slots = self.slots[keep]
+        if rank and len(self.factors[str(rank)]) == 1:
+            del self.factors[str(rank)]
+        elif rank:
+            self.factors[str(rank)].drop(slot)
+            same_rank = torch.tensor([r == rank for r in self.ranks], device=slots.device)
+            slots = slots - (same_rank & (slots > slot)).long()  # the rows after it moved up
+        self.slots = slots
 
     def row_nbytes(self, row: int) -> int:
-        tables = [t[row] for t in (self.biases, self.lora_a, self.lora_b) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tables)
+        held = _bytes(self.slots[row]) + (_bytes(self.biases[row]) if self.biases is not None else 0)
+        if self.ranks[row]:
+            held += self.factors[str(self.ranks[row])].row_nbytes(int(self.slots[row]))
+        return held
+
+    def held_nbytes(self) -> int:
+        """Bytes of every adapter's rows (not row 0 of any table)."""
+        tables = [self.slots[1:]] + ([self.biases[1:]] if self.biases is not None else [])
+        tables += [t[1:] for table in self.factors.values() for t in (table.a, table.b)]
+        return sum(_bytes(t) for t in tables)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _current_rows(x)  # (B,)
+        batch = _current_batch(x)
         x3 = x.reshape(x.size(0), -1, x.size(-1))  # (B, T, in)
         out = F.linear(x3, self.weight)  # (B, T, out): the base matmul, once for the whole batch
         if self.biases is not None:
-            out += self.biases[rows].unsqueeze(1)
-        if self.lora_a.size(1):
-            hidden = torch.bmm(x3, self.lora_a[rows].transpose(1, 2))  # (B, T, r_max)
-            out = torch.baddbmm(out, hidden, self.lora_b[rows].transpose(1, 2))  # + scale * B(A x)
+            out += self.biases[batch.rows].unsqueeze(1)
+        for rank, start, stop in batch.groups:  # the rows of one rank are contiguous
+            if str(rank) not in self.factors:
+                continue  # no adapter of this rank adapts this layer
+            table = self.factors[str(rank)]
+            slots = self.slots[batch.rows[start:stop]]  # (n,)
+            hidden = torch.bmm(x3[start:stop], table.a[slots].transpose(1, 2))  # (n, T, r)
+            out[start:stop].baddbmm_(hidden, table.b[slots].transpose(1, 2))  # + scale * B(A x), in place
         return out.view(*x.shape[:-1], -1)
 
 
@@ -150,10 +212,14 @@ class BatchedLayerNorm(nn.Module):
         self.weights, self.biases = self.weights[keep], self.biases[keep]
 
     def row_nbytes(self, row: int) -> int:
-        return 2 * self.weights[row].numel() * self.weights.element_size()
+        return _bytes(self.weights[row]) + _bytes(self.biases[row])
+
+    def held_nbytes(self) -> int:
+        """Bytes of every adapter's rows (not row 0)."""
+        return _bytes(self.weights[1:]) + _bytes(self.biases[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _current_rows(x)  # (B,)
+        rows = _current_batch(x).rows  # (B,)
         normed = F.layer_norm(x, self.normalized_shape, None, None, self.eps)  # (B, T, H)
         shape = (x.size(0),) + (1,) * (x.dim() - 2) + (-1,)
         return torch.addcmul(self.biases[rows].view(shape), normed, self.weights[rows].view(shape))
@@ -171,6 +237,9 @@ class BatchedAdapters:
     def __init__(self, model: LoraWrapperRoberta) -> None:
         self._model = model
         self.encoder = model.unload().eval()  # the plain base, wrapped below; public for inspection only
+        # One dtype for the whole base, the embeddings' (a model cast to bfloat16 may hand back the base
+        # values it keeps, biases and LayerNorms, in float32); every table then follows it.
+        self.encoder.to(self.encoder.get_input_embeddings().weight.dtype)
         self._uses_token_types = family_of(model.config).uses_token_types
         self._batched: dict[str, BatchedLinear | BatchedLayerNorm] = {}
         for path, module in list(self.encoder.named_modules()):
@@ -180,6 +249,7 @@ class BatchedAdapters:
                 self._batched[path] = batched
         self._configs: dict[str, AdapterConfig] = {}  # load order = table rows 1, 2, ...
         self._heads: dict[str, nn.Module] = {}
+        self._ranks: dict[str, int] = {}  # the rank of each adapter's LoRA factors (0: it has none)
 
     # ----------------------------------------------------------------------------- what is here
     @property
@@ -193,11 +263,18 @@ class BatchedAdapters:
         return self._configs[name]
 
     def nbytes(self, name: str) -> int:
-        """Bytes held for adapter `name`: its table rows (LoRA rows padded to each layer's largest rank,
-        and the base's biases / LayerNorms where it trains none) and its head."""
+        """Bytes held for adapter `name`: its LoRA factors (at its own rank, on the layers it adapts), its
+        bias and LayerNorm rows (the base's values where it trains none), its row of each layer's index
+        into the rank tables, and its head. Other adapters, added or removed, do not change it."""
         row = self._row(name)
-        head = sum(p.numel() * p.element_size() for p in self._heads[name].parameters())
+        head = sum(_bytes(p) for p in self._heads[name].parameters())
         return head + sum(module.row_nbytes(row) for module in self._batched.values())
+
+    def held_bytes(self) -> int:
+        """Bytes held for all adapters together (not the base's own row 0 or its shared weights):
+        `sum(self.nbytes(name) for name in self.names)`, counted from the tables."""
+        heads = sum(_bytes(p) for head in self._heads.values() for p in head.parameters())
+        return heads + sum(module.held_nbytes() for module in self._batched.values())
 
     def _row(self, name: str) -> int:
         self._require_known(name)
@@ -259,6 +336,7 @@ class BatchedAdapters:
         for path, module in self._batched.items():
             module.append(per_module.get(path, {}), scaling)
         self._heads[name] = head.eval().requires_grad_(False)
+        self._ranks[name] = config.lora_rank if any(is_lora_factor(n) for n in tensors) else 0
         live = self._model.adapter_config
         self._configs[name] = replace(config, base_fingerprint=live.base_fingerprint, base_model=live.base_model)
 
@@ -267,7 +345,7 @@ class BatchedAdapters:
         row = self._row(name)
         for module in self._batched.values():
             module.drop(row)
-        del self._configs[name], self._heads[name]
+        del self._configs[name], self._heads[name], self._ranks[name]
 
     # ----------------------------------------------------------------------------- the forward pass
     @torch.inference_mode()
@@ -276,26 +354,45 @@ class BatchedAdapters:
         """One result per row of `input_ids` (B, T), row i answered by adapter `adapters[i]`:
         {"logits": (C,)} for GLUE, {"start_logits": (T,), "end_logits": (T,)} for SQuAD.
 
-        The encoder runs once for the whole batch; `token_type_ids` (B, T) reach it where the family
-        uses segments (BERT). Each adapter's head runs on its own rows.
+        The encoder runs once for the whole batch, on its rows ordered by adapter rank (stable, so a
+        batch of one rank keeps its order); `token_type_ids` (B, T) reach it where the family uses
+        segments (BERT). Each adapter's head runs on its own rows; results are in the caller's order.
         """
         if isinstance(adapters, str) or len(adapters) != input_ids.size(0):
             count = "a string" if isinstance(adapters, str) else f"{len(adapters)} adapter names"
             raise ConfigError(f"got {count} for a batch of {input_ids.size(0)} rows; pass one name per row")
         table_rows = {name: self._row(name) for name in dict.fromkeys(adapters)}  # ConfigError when unknown
-        rows = torch.tensor([table_rows[name] for name in adapters], device=input_ids.device)
+        order = sorted(range(len(adapters)), key=lambda i: self._ranks[adapters[i]])  # sorted position -> row
+        names = [adapters[i] for i in order]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        segments = {"token_type_ids": token_type_ids} if self._uses_token_types else {}
-        with _rows(rows):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._uses_token_types:
+            inputs["token_type_ids"] = token_type_ids
+        if order != sorted(order):
+            index = torch.tensor(order, device=input_ids.device)
+            inputs = {k: None if v is None else v[index] for k, v in inputs.items()}
+        rows = torch.tensor([table_rows[name] for name in names], device=input_ids.device)
+        with _batch(_Batch(rows, _rank_groups([self._ranks[name] for name in names]))):
+            hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H), rows in sorted order
         results: list[dict[str, torch.Tensor]] = [{} for _ in adapters]
         for name in table_rows:  # first-appearance order; heads are tiny
-            positions = [i for i, a in enumerate(adapters) if a == name]
+            positions = [k for k, a in enumerate(names) if a == name]
             out = self._heads[name](hidden[positions])  # (n, C) or (n, T, 2)
             for k, position in enumerate(positions):
-                results[position] = _row_output(self._configs[name], out[k])
+                results[order[position]] = _row_output(self._configs[name], out[k])
         return results
+
+
+def _rank_groups(ranks: list[int]) -> tuple[tuple[int, int, int], ...]:
+    """(rank, start, stop) for each run of equal ranks in sorted `ranks`, rank 0 (no factors) left out."""
+    groups, start = [], 0
+    for stop in range(1, len(ranks) + 1):
+        if stop == len(ranks) or ranks[stop] != ranks[start]:
+            if ranks[start]:
+                groups.append((ranks[start], start, stop))
+            start = stop
+    return tuple(groups)
 
 
 def _split_tensors(tensors: dict[str, torch.Tensor], head_prefix: str,
