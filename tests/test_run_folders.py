@@ -63,9 +63,13 @@ def test_a_finished_run_needs_resume_or_overwrite(tiny_model_dir, glue_dir, tmp_
     with pytest.raises(ConfigError, match="has finished .*nothing to resume"):
         train(config(tiny_model_dir, glue_dir, run, resume=True), progress=False)
     assert snapshot(run) == before
-    (run / "stale.txt").write_text("from the earlier run")
+    (run / "notes.txt").write_text("a user's notes")  # --overwrite deletes only what the run wrote
+    with pytest.raises(ConfigError, match=r"files train did not write \(notes.txt\)"):
+        train(config(tiny_model_dir, glue_dir, run, overwrite=True), progress=False)
+    assert (run / "notes.txt").read_text() == "a user's notes"
+    (run / "notes.txt").unlink()
     again = train(config(tiny_model_dir, glue_dir, run, overwrite=True), progress=False)
-    assert not (run / "stale.txt").exists() and again.metrics == first.metrics  # same seed, same run
+    assert again.metrics == first.metrics  # same seed, same run
 
 
 def test_a_second_process_is_refused_and_a_killed_one_frees_the_folder(tiny_model_dir, glue_dir, tmp_path) -> None:

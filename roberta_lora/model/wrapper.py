@@ -19,10 +19,14 @@ and `unload` can always put the plain base back.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import numbers
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from roberta_lora._version import __version__
+from roberta_lora.choices import TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.lora.injection import inject_lora, lora_layers, rewrap_lora, strip_lora, unwrap_lora
 from roberta_lora.lora.targets import resolve_targets
@@ -41,7 +46,14 @@ from roberta_lora.model.adapter_files import (
     save_adapter_files,
 )
 from roberta_lora.model.base import BaseSpec, load_base_encoder
-from roberta_lora.model.config import AdapterConfig, head_attribute, read_adapter_config
+from roberta_lora.model.config import (
+    CONFIG_NAME,
+    MAX_CONFIG_BYTES,
+    WEIGHTS_NAME,
+    AdapterConfig,
+    head_attribute,
+    read_adapter_config,
+)
 from roberta_lora.model.families import family_of
 from roberta_lora.model.heads import build_head, set_dropout
 from roberta_lora.model.standalone import plain_encoder, standalone_model
@@ -60,6 +72,15 @@ logger = logging.getLogger(__name__)
 # Fields that decide an adapter's tensors: loading into the model's own adapter needs them equal.
 _SHAPE_FIELDS = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases",
                  "train_layer_norms", "train_embeddings")
+# What an embedding lookup takes as indices (token ids, segment ids).
+_ID_DTYPES = (torch.int64, torch.int32)
+IGNORE_INDEX = -100  # a class label the loss skips (cross_entropy's default, as in transformers)
+# What makes a folder a transformers model checkpoint besides config.json: weights, or a tokenizer. An adapter
+# saved there turns it into a PEFT-looking folder (adapter_config.json) that transformers no longer loads.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".ckpt.index")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
+                    "special_tokens_map.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
+_PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class LoraWrapperRoberta(nn.Module):
@@ -109,31 +130,15 @@ class LoraWrapperRoberta(nn.Module):
         quantize: str | None = None,
     ) -> None:
         super().__init__()
-        if task_type == "glue" and num_classes is None:
-            num_classes = len(label_names) if label_names else 2
-        config = AdapterConfig(
-            task_type=task_type,
-            num_classes=2 if str(task_type).startswith("squad") else num_classes,  # type: ignore[arg-type]
-            label_names=list(label_names or []),
-            lora_rank=lora_rank,
-            lora_alpha=float(lora_rank if lora_alpha is None else lora_alpha),
-            lora_dropout=lora_dropout,
-            targets=list(resolve_targets(targets)),
-            train_biases=train_biases,
-            train_layer_norms=train_layer_norms,
-            train_embeddings=train_embeddings,
-            head=head,
-            head_dropout=head_dropout,
-            base_model=None if isinstance(model_id, (PretrainedConfig, PreTrainedModel)) else str(model_id),
-            task=task,
-            method=method,
-            package_version=__version__,
+        # Every argument is checked before the (slow) base is loaded, all problems in one ConfigError.
+        config = _adapter_config_of(
+            task_type=task_type, num_classes=num_classes, model_id=model_id, lora_rank=lora_rank,
+            lora_alpha=lora_alpha, lora_dropout=lora_dropout, targets=targets, train_biases=train_biases,
+            train_embeddings=train_embeddings, train_layer_norms=train_layer_norms, head=head,
+            head_dropout=head_dropout, label_names=label_names, seed=seed, attn_implementation=attn_implementation,
+            task=task, method=method, quantize=quantize,
         )
-        config.validate()
-        if quantize not in (None, "none") and method == "full":
-            raise ConfigError(f"method='full' trains every base weight, which a {quantize} base cannot hold; "
-                              "use method='lora' with --quantize, or drop --quantize")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
 
         self.roberta = load_base_encoder(model_id, attn_implementation, quantize)
         self.config = self.roberta.config
@@ -218,8 +223,14 @@ class LoraWrapperRoberta(nn.Module):
         """Logits (and the loss when labels / positions are given) for a batch of token ids (B, T).
 
         `token_type_ids` (B, T), the segment of each token, reach the encoder where the family uses
-        segments (BERT); RoBERTa-style families and DistilBERT have none and ignore them.
+        segments (BERT); RoBERTa-style families and DistilBERT have none and ignore them. `labels` (B,)
+        are class indices 0..num_classes-1 (-100: a row the loss ignores), or targets for regression;
+        `start_positions` / `end_positions` (B,) token indices, for SQuAD models.
+
+        Raises:
+            ConfigError: for a batch the encoder cannot take (see `_check_batch`), instead of a torch error.
         """
+        self._check_batch(input_ids, attention_mask, token_type_ids, labels, start_positions, end_positions)
         if self.training and torch.is_grad_enabled() and self.merged:
             raise ConfigError(
                 "this model's LoRA is merged into the base weights (merge_adapter()), so training it would give "
@@ -243,6 +254,108 @@ class LoraWrapperRoberta(nn.Module):
                 + F.cross_entropy(end_logits, end, ignore_index=ignored)
             ) / 2
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+    def _check_batch(self, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
+                     start_positions: Any, end_positions: Any) -> None:
+        """Refuse a batch the encoder cannot take, before it fails deep inside torch.
+
+        Dtypes and shapes cost nothing (no GPU sync). The values (token ids within the vocabulary,
+        class labels within 0..num_classes-1) are checked with two small reductions and ONE
+        device-to-host copy: on CUDA an out-of-range index is a device-side assert that leaves the
+        process unusable. That value check is left out while torch.compile traces the model (a
+        data-dependent branch would break its graph); shapes and dtypes are checked there too.
+        """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in _ID_DTYPES:
+            raise ConfigError(
+                f"input_ids must be a 2-D integer tensor of token ids (batch, tokens), int64 or int32, got "
+                f"{_describe(input_ids)}; pass the tokenizer's output (return_tensors='pt'), or convert with .long()"
+            )
+        shape = tuple(input_ids.shape)
+        batch, length = shape
+        for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != shape):
+                raise ConfigError(f"{name} must be a tensor of the shape of input_ids {shape}, got {_describe(value)}; "
+                                  f"pass the tokenizer's {name} of the same batch")
+        if (token_type_ids is not None and token_type_ids.dtype not in _ID_DTYPES
+                and family_of(self.config).uses_token_types):
+            raise ConfigError(f"token_type_ids must be int64 or int32 segment ids, got {_describe(token_type_ids)}; "
+                              "convert with .long()")
+        limit = self._max_tokens()
+        if batch == 0 or length == 0:
+            raise ConfigError(f"input_ids has shape {shape}: an empty batch (expected at least one row of at least "
+                              "one token; a tokenized text holds the tokenizer's special tokens at least)")
+        if limit is not None and length > limit:
+            raise ConfigError(
+                f"input_ids has {length} tokens per row, more than the {limit} this {self.config.model_type} model's "
+                f"position table holds; truncate to {limit} (tokenizer(..., truncation=True, max_length={limit}))"
+            )
+        classes = self._check_targets(batch, labels, start_positions, end_positions)
+        if not torch.compiler.is_compiling():
+            self._check_values(input_ids, labels if labels is not None and classes > 1 and labels.numel() else None,
+                               classes)
+
+    def _check_targets(self, batch: int, labels: Any, start_positions: Any, end_positions: Any) -> int:
+        """Check the dtypes and shapes of the loss targets; returns the number of classes (0: a span model)."""
+        kind = self.task_type
+        if kind == "glue":
+            if start_positions is not None or end_positions is not None:
+                raise ConfigError("start_positions / end_positions are the targets of a SQuAD (span) model; this "
+                                  "model is a classifier (task_type 'glue'): pass labels")
+            classes = self._adapter_config.num_classes
+            if labels is not None and not isinstance(labels, torch.Tensor):
+                raise ConfigError(f"labels must be a tensor, got {_describe(labels)}; e.g. torch.tensor([0, 1])")
+            if labels is not None and classes > 1 and (tuple(labels.shape) != (batch,) or not _is_integer(labels)):
+                raise ConfigError(
+                    f"labels must be class indices, an integer tensor of shape ({batch},) (one per row of input_ids), "
+                    f"got {_describe(labels)}; e.g. torch.tensor([0, 1]) (floats: .long() if they are whole numbers)"
+                )
+            return classes
+        if labels is not None:
+            raise ConfigError(f"labels are the targets of a classifier; this model is a span model (task_type "
+                              f"{kind!r}): pass start_positions and end_positions")
+        if (start_positions is None) != (end_positions is None):
+            raise ConfigError("pass start_positions and end_positions together (both or neither): the span loss "
+                              "needs both")
+        for name, value in (("start_positions", start_positions), ("end_positions", end_positions)):
+            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,)
+                                      or not _is_integer(value)):
+                raise ConfigError(f"{name} must be an integer tensor of shape ({batch},) (one token index per row), "
+                                  f"got {_describe(value)}")
+        return 0
+
+    def _check_values(self, input_ids: torch.Tensor, labels: torch.Tensor | None, classes: int) -> None:
+        """Token ids within the vocabulary and labels within 0..classes-1 (or IGNORE_INDEX): one sync."""
+        parts = [*torch.aminmax(input_ids)] + ([*torch.aminmax(labels)] if labels is not None else [])
+        values = torch.stack(parts).tolist()  # the one device-to-host copy
+        vocabulary = self.roberta.get_input_embeddings().num_embeddings
+        if values[0] < 0 or values[1] >= vocabulary:
+            raise ConfigError(
+                f"input_ids holds token id {values[0] if values[0] < 0 else values[1]}, outside this model's vocabulary "
+                f"(ids 0..{vocabulary - 1}); the ids come from another tokenizer: use the base's own "
+                f"({self._adapter_config.base_model or 'the tokenizer saved with the base model'})"
+            )
+        if labels is None:
+            return
+        low, high = values[2], values[3]
+        if low == IGNORE_INDEX:  # rare: ignored rows; any other negative label is still wrong
+            low = min((int(v) for v in labels[(labels < 0) & (labels != IGNORE_INDEX)].tolist()), default=0)
+        if low < 0 or high >= classes:
+            names = f" ({', '.join(self._adapter_config.label_names)})" if self._adapter_config.label_names else ""
+            raise ConfigError(
+                f"labels holds class {low if low < 0 else high}, but this model has {classes} classes{names}: "
+                f"expected 0..{classes - 1} ({IGNORE_INDEX} marks a row the loss ignores); map the labels to "
+                "those indices, or build the model with the num_classes the data has"
+            )
+
+    def _max_tokens(self) -> int | None:
+        """Tokens per row the position table holds: its size, less RoBERTa's padding offset (positions start
+        after padding_idx, so roberta-base's 514 hold 512); None for an encoder without such a table."""
+        embeddings = getattr(self.roberta, "embeddings", None)
+        table = getattr(embeddings, "position_embeddings", None)
+        if not isinstance(table, nn.Embedding):
+            return None
+        padding = getattr(embeddings, "padding_idx", None)
+        return table.num_embeddings - (padding + 1 if isinstance(padding, int) else 0)
 
     def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._adapter_config.num_classes == 1:
@@ -476,13 +589,19 @@ class LoraWrapperRoberta(nn.Module):
         replaced as one unit, so a kill mid-save leaves the previous adapter or this one, never a mix.
 
         Args:
-            directory: the adapter folder to write; other files already in it are kept.
+            directory: the adapter folder to write: a new or empty folder, or an adapter folder (ours) to
+                replace, whose other files (a README.md card, a user's notes) are kept.
             metrics: stored in the config (default: the metrics it already holds).
             extra_files: file name -> text saved in the same step, e.g. {"README.md": card}, so it always
                 describes the tensors beside it.
+
+        Raises:
+            ConfigError: `directory` is a file, the working directory (or holds it), a model checkpoint folder,
+                a PEFT adapter, or a folder with other files that is not an adapter folder; nothing is written.
         """
         self._require_enabled("save the adapter")
         directory = Path(directory)
+        _check_adapter_destination(directory)
         config = replace(self._adapter_config, metrics=dict(metrics or self._adapter_config.metrics))
         save_adapter_files(directory, self.adapter_state_dict(), config, extra_files)
         return directory
@@ -558,3 +677,164 @@ class LoraWrapperRoberta(nn.Module):
         if not isinstance(base, (str, Path)):
             model.adapter_config.base_model = config.base_model
         return model.eval()
+
+
+# --------------------------------------------------------------------------------- argument checks
+def _adapter_config_of(**args: Any) -> AdapterConfig:
+    """The AdapterConfig that `LoraWrapperRoberta`'s arguments describe.
+
+    Types are checked here (what `AdapterConfig.validate` assumes), values by `validate` itself; a
+    mistyped argument is replaced by its default for that pass, so every problem is reported at once.
+
+    Raises:
+        ConfigError: listing each bad argument, what it received and what is expected.
+    """
+    problems: list[str] = []
+
+    def bad(name: str, expected: str, default: Any) -> Any:
+        problems.append(f"{name}={args[name]!r:.80} (expected {expected})")
+        return default
+
+    def integer(name: str, default: Any) -> Any:
+        value = args[name]
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return int(value) if ok else bad(name, "an integer", default)
+
+    def real(name: str, default: float) -> float:
+        value = args[name]
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return float(value) if ok else bad(name, "a number", default)
+
+    def optional_text(name: str, example: str) -> str | None:
+        value = args[name]
+        return value if value is None or isinstance(value, str) else bad(name, f"None or a string, e.g. {example}", None)
+
+    task_type = args["task_type"]
+    if not isinstance(task_type, str):
+        task_type = bad("task_type", f"one of {list(TASK_TYPES)}", "glue")
+    label_names = args["label_names"]
+    if label_names is None:
+        label_names = []
+    elif not isinstance(label_names, (list, tuple)) or not all(isinstance(n, str) for n in label_names):
+        label_names = bad("label_names", 'a list of class names in index order, e.g. ["negative", "positive"]', [])
+    num_classes = args["num_classes"]
+    if task_type.startswith("squad"):
+        num_classes = 2  # the span head: start and end
+    elif num_classes is None:
+        num_classes = len(label_names) if label_names else 2
+    else:
+        num_classes = integer("num_classes", len(label_names) or 2)
+    lora_rank = integer("lora_rank", 8)
+    default_alpha = float(lora_rank) if lora_rank >= 1 else 8.0  # alpha = r unless given (a bad r: no second error)
+    lora_alpha = default_alpha if args["lora_alpha"] is None else real("lora_alpha", default_alpha)
+    targets = args["targets"]
+    try:
+        if not (targets is None or isinstance(targets, str)
+                or (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets))):
+            raise ConfigError('expected "query,value", "all-linear" or a list of names such as ["query", "value"]')
+        resolved = list(resolve_targets(targets))
+    except ConfigError as error:
+        problems.append(f"targets={targets!r:.80} ({error})")
+        resolved = list(resolve_targets(None))
+    flags = {}
+    for name in ("train_biases", "train_layer_norms", "train_embeddings"):
+        flags[name] = args[name] if isinstance(args[name], bool) else bad(name, "True or False", False)
+    seed = args["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not -(2**63) <= int(seed) < 2**64):
+        bad("seed", "None or an integer (e.g. 0), within 64 bits", None)
+    model_id = args["model_id"]
+    if not isinstance(model_id, (str, os.PathLike, PretrainedConfig, PreTrainedModel)):
+        model_id = bad("model_id", "a hub id or a checkpoint folder (str or Path), a transformers config or an "
+                       "encoder model", "")
+    optional_text("attn_implementation", "'sdpa' or 'eager'")
+    optional_text("quantize", "'4bit' or '8bit'")
+    task = optional_text("task", "'sst2'")
+    config = AdapterConfig(
+        task_type=task_type, num_classes=num_classes, label_names=list(label_names), lora_rank=lora_rank,
+        lora_alpha=lora_alpha, lora_dropout=real("lora_dropout", 0.1), targets=resolved, head=args["head"],
+        head_dropout=real("head_dropout", 0.1), **flags,
+        base_model=None if isinstance(model_id, (PretrainedConfig, PreTrainedModel)) else str(model_id),
+        task=task, method=args["method"], package_version=__version__,
+    )
+    try:
+        config.validate()
+    except ConfigError as error:
+        problems.append(str(error).removeprefix("invalid adapter configuration: "))
+    if args["quantize"] not in (None, "none") and args["method"] == "full":
+        problems.append(f"method='full' trains every base weight, which a {args['quantize']} base cannot hold "
+                        "(use method='lora' with quantize, or drop quantize)")
+    if problems:
+        raise ConfigError("invalid LoraWrapperRoberta arguments: " + "; ".join(problems))
+    return config
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {str(value.dtype).removeprefix('torch.')} and shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def _is_integer(tensor: torch.Tensor) -> bool:
+    dtype = tensor.dtype
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+# --------------------------------------------------------------------------------- where an adapter is saved
+def _check_adapter_destination(directory: Path) -> None:
+    """Refuse to save an adapter where it would damage something, as the CLI's output checks do: a file, the
+    working directory, a model checkpoint, a PEFT adapter, or a folder with files that is not an adapter's.
+
+    A new or empty folder, or one of our adapter folders (its other files are carried over), is fine.
+
+    Raises:
+        ConfigError: naming the path, what is there and what to do.
+    """
+    where = f"cannot save the adapter to {directory}"
+    elsewhere = f"save it into a new folder, e.g. {directory / 'adapter'}"
+    existing = next((p for p in (directory, *directory.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        kind = "file" if existing.is_file() else "non-folder entry"
+        what = f"is a {kind}" if existing == directory else f"lies under the {kind} {existing}"
+        raise ConfigError(f"{where}: it {what}, not a folder; pass a folder path (a new one, or an adapter folder "
+                          "to replace)")
+    if existing != directory:
+        return  # a new folder
+    cwd = Path.cwd()
+    if directory.resolve() == cwd or directory.resolve() in cwd.parents:
+        raise ConfigError(f"{where}: it holds the working directory {cwd}, which the save would replace; {elsewhere}")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        raise ConfigError(f"{where}: the folder cannot be read ({error.strerror or error}); choose a readable folder "
+                          "you can write to") from None
+    weights = [n for n in names if n.endswith(_WEIGHT_SUFFIXES) and n not in (WEIGHTS_NAME, *_PEFT_WEIGHTS)]
+    tokenizer = [n for n in names if n in _TOKENIZER_FILES]
+    if "config.json" in names and (weights or tokenizer):
+        raise ConfigError(
+            f"{where}: it is a model checkpoint (config.json with {', '.join((weights + tokenizer)[:3])}); an "
+            f"{CONFIG_NAME} there makes transformers read the folder as a PEFT adapter and the model no longer "
+            f"loads. Save the adapter in a folder of its own, e.g. {directory.parent / (directory.name + '-adapter')}"
+        )
+    peft = [n for n in names if n in _PEFT_WEIGHTS] or (["peft_type in " + CONFIG_NAME] if _is_peft_config(
+        directory / CONFIG_NAME) else [])
+    if peft:
+        raise ConfigError(f"{where}: it holds a PEFT adapter ({peft[0]}), whose {CONFIG_NAME} the save would "
+                          f"replace; {elsewhere}, or convert it with `roberta-lora import-peft`")
+    if names and WEIGHTS_NAME not in names and CONFIG_NAME not in names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ConfigError(
+            f"{where}: the folder holds files that are not an adapter's ({shown}); an adapter is saved into a new "
+            f"or empty folder, or over an adapter folder ({WEIGHTS_NAME} + {CONFIG_NAME}): {elsewhere}"
+        )
+
+
+def _is_peft_config(path: Path) -> bool:
+    """adapter_config.json as PEFT writes it (it names its `peft_type`); ours never has that key."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "peft_type" in data
