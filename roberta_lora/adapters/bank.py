@@ -196,7 +196,11 @@ class AdapterBank(nn.Module):
         approximation, "linear" PEFT's formula (equal ranks, cross terms). Biases, LayerNorms,
         embeddings and the head are not low-rank: by default they come from the first adapter (a
         warning says so); `average_non_lora=True` averages them (identical shapes needed).
+        `weights` are one finite real number per adapter, not all zero; anything else is a ConfigError.
         """
+        if isinstance(adapters, str) or not isinstance(adapters, Sequence):
+            raise ConfigError(f"cannot combine adapters: adapters={adapters!r:.80} (expected a list of adapter names, "
+                              f"e.g. {list(self._configs)[:2]})")
         problems = [f"unknown adapter {n!r} (loaded: {list(self._configs)})" for n in adapters if n not in self._configs]
         if adapter_name in self._configs:
             problems.append(f"adapter_name {adapter_name!r} already exists")

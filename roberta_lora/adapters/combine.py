@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig
@@ -69,14 +71,21 @@ def combine_adapters(
     With `average_non_lora=True` they become the weighted average sum_i w_i t_i / sum_i w_i,
     which needs every adapter to hold the same tensors with the same shapes (same task type,
     number of classes, head kind and train_* flags); otherwise a ConfigError says what differs.
+
+    Raises:
+        ConfigError: listing every problem: an unknown combination_type, weights that are not one finite real
+            number per adapter (NaN, infinity, booleans, strings, a wrong count) or are all zero, and adapters
+            that cannot be combined (other methods, targets or ranks).
     """
     problems = []
     if combination_type not in COMBINATIONS:
         problems.append(f"combination_type={combination_type!r} (expected one of {list(COMBINATIONS)})")
-    if not names or len(names) != len(weights):
-        problems.append(f"{len(names)} adapters and {len(weights)} weights (expected the same, at least one)")
+    if isinstance(weights, Iterable) and not isinstance(weights, (str, bytes, Mapping)):
+        weights = list(weights)  # a tuple, a numpy array, a generator: read once
+    problems += weight_problems(names, weights)
     if problems:
         raise ConfigError("cannot combine adapters: " + "; ".join(problems))
+    weights = [float(w) for w in weights]
     _check_combinable(names, configs, weights, combination_type, svd_rank, encoder_config)
 
     scalings = [c.lora_alpha / c.lora_rank for c in configs]
@@ -91,6 +100,32 @@ def combine_adapters(
     rank = combined[f"{path}.lora_A.weight"].size(0)
     combined.update(_combine_rest(names, configs, tensors, weights, average_non_lora))
     return replace(configs[0], lora_rank=rank, lora_alpha=float(rank), metrics={}), combined
+
+
+def weight_problems(names: Sequence[str], weights: Any) -> list[str]:
+    """What is wrong with the weights of a combination of `names`: one real, finite number per adapter, not all 0.
+
+    A NaN or infinite weight makes every combined tensor NaN (or the SVD fail), and weights that are all zero give an
+    adapter that changes nothing: both would be registered as if they were a real combination.
+    """
+    if not isinstance(weights, (list, tuple)):
+        return [f"weights={weights!r:.80} (expected a list of numbers, one per adapter, e.g. [0.5, 0.5])"]
+    problems = []
+    if not names or len(names) != len(weights):
+        problems.append(f"{len(names)} adapters and {len(weights)} weights {list(weights)!r:.80} "
+                        "(expected one weight per adapter, at least one adapter)")
+    not_numbers = [w for w in weights if isinstance(w, bool) or not isinstance(w, numbers.Real)]
+    if not_numbers:
+        problems.append(f"weights {not_numbers!r:.80} are not numbers (expected real numbers such as 0.5 or -1)")
+        return problems
+    not_finite = [w for w in weights if not math.isfinite(w)]
+    if not_finite:
+        problems.append(f"weights {not_finite!r:.80} are not finite (expected finite numbers; NaN or infinity would "
+                        "make every combined tensor NaN)")
+    elif weights and all(w == 0 for w in weights):
+        problems.append(f"weights {list(weights)!r:.80} are all zero (the combination would change nothing; give "
+                        "at least one adapter a non-zero weight)")
+    return problems
 
 
 def _check_combinable(names: Sequence[str], configs: Sequence[AdapterConfig], weights: Sequence[float],

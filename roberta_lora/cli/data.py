@@ -46,8 +46,17 @@ def run_data_info(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from roberta_lora.evaluation.scoring import score_predictions
+    from roberta_lora.evaluation.scoring import score_with_notes
 
-    print_json(score_predictions(load_task(args.task), args.data, args.predictions, args.na_probs, args.split,
-                                 args.na_prob_thresh))
+    metrics, notes = score_with_notes(load_task(args.task), args.data, args.predictions, args.na_probs, args.split,
+                                      args.na_prob_thresh)
+    print_json({name: None if name in notes else value for name, value in metrics.items()})  # NaN is not JSON
+    if notes:  # the JSON says null; the exit code and one line tell a script or a person why
+        by_reason: dict[str, list[str]] = {}
+        for name, why in notes.items():
+            by_reason.setdefault(why, []).append(name)
+        print("roberta-lora score: error: " + "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} "
+                                                       f"not finite (null above): {why}"
+                                                       for why, names in by_reason.items()), file=sys.stderr)
+        return 1
     return 0

@@ -7,7 +7,7 @@ import json
 
 from roberta_lora.choices import HEAD_KINDS, TASK_TYPES
 from roberta_lora.cli.output import print_json
-from roberta_lora.model.config import adapter_size_bytes, read_adapter_config
+from roberta_lora.model.config import adapter_size_bytes, read_adapter_config, read_weights_header
 from roberta_lora.sources import resolve_adapter
 
 
@@ -44,6 +44,7 @@ def run_params(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline)
     config, digest = read_adapter_config(args.adapter)
+    read_weights_header(args.adapter)  # a corrupt tensors file is an error here, not a clean-looking report
     data = json.loads(config.to_json())
     data["size_bytes"] = adapter_size_bytes(args.adapter)
     data["weights_sha256"] = digest

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from roberta_lora.choices import has_visible_text
 from roberta_lora.errors import DataError
 
 if TYPE_CHECKING:  # datasets is imported lazily: tasks.py imports this module for GLUE_LAYOUTS
@@ -78,7 +81,7 @@ def parse_label(value: str, label_names: Sequence[str], path: str | Path, line: 
     """
     if value in label_names:
         return label_names.index(value)
-    if value.strip().isdigit() and int(value) < len(label_names):
+    if _INTEGER.fullmatch(value) and int(value) < len(label_names):  # ASCII digits only: not "1_0", "²" or "١"
         return int(value)
     valid = ", ".join(f"{i}={name}" for i, name in enumerate(label_names))
     raise DataError(
@@ -90,13 +93,11 @@ def parse_label(value: str, label_names: Sequence[str], path: str | Path, line: 
 
 
 def parse_score(value: str, score_range: tuple[float, float] | None, path: str | Path, line: int) -> float:
-    """Parse a regression score such as "3.800" and check it lies in `score_range`."""
-    try:
-        score = float(value)
-    except ValueError:
-        score = float("nan")
-    if score != score:  # NaN: not a number, or literally "nan"
-        raise DataError(f"score {value!r} is not a number; expected e.g. 3.800.", str(path), line)
+    """Parse a regression score such as "3.800" (`strict_float`) and check it lies in `score_range`."""
+    score = strict_float(value)
+    if score is None:
+        raise DataError(f"score {value!r:.60} is not a number; expected a finite decimal number such as 3.800 "
+                        "(no underscores, no nan or inf). Fix the value.", str(path), line)
     if score_range is not None and not score_range[0] <= score <= score_range[1]:
         raise DataError(
             f"score {score} is outside the task's range {score_range[0]}..{score_range[1]}; "
@@ -105,6 +106,22 @@ def parse_score(value: str, score_range: tuple[float, float] | None, path: str |
             line,
         )
     return score
+
+
+_INTEGER = re.compile(r"\s*[0-9]+\s*")
+_DECIMAL = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+
+
+def strict_float(value: str) -> float | None:
+    """A decimal number written as data files write one ("3.800", "-1", "2e-3"), or None.
+
+    Python's `float` also takes "1_0" (10.0), "nan", "inf", "1e999" and digits of other scripts: in a data
+    file those are typos or damage, not scores, so they are refused here rather than read as a number.
+    """
+    if not _DECIMAL.fullmatch(value):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def read_text_file(path: str | Path) -> str:
@@ -192,10 +209,11 @@ def read_glue_tsv(
         for name in spec.text_columns:
             pos = positions[name]
             text = fields[pos]
-            if not text.strip():
+            if not has_visible_text(text):  # empty, blank, or only control / zero-width characters
                 if not spec.lenient:
+                    shown = f" (it holds only {text!r:.60}: whitespace, control or zero-width characters)" if text else ""
                     raise DataError(
-                        f"empty {name!r} text (field {pos + 1}); every example needs its text(s). "
+                        f"empty {name!r} text (field {pos + 1}){shown}; every example needs its text(s). "
                         "Remove the row or fill in the text.",
                         str(path),
                         line_no,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roberta_lora.choices import has_visible_text
 from roberta_lora.data.glue_files import (
     GLUE_LAYOUT_HELP,
     parse_label,
@@ -206,9 +207,11 @@ def _read_table(spec: TaskSpec, path: Path) -> datasets.Dataset:
         if absent:
             raise DataError(f"missing column(s) {absent}; expected {wanted}.", str(path), line)
         for name in spec.text_columns:
-            if not str(row[name]).strip():
-                raise DataError(f"empty {name!r} text; remove the row or fill in the text.", str(path), line)
-            columns[name].append(str(row[name]))
+            text = str(row[name])
+            if not has_visible_text(text):  # empty, blank, or only control / zero-width characters
+                shown = f" (it holds only {text!r:.60}: whitespace, control or zero-width characters)" if text else ""
+                raise DataError(f"empty {name!r} text{shown}; remove the row or fill in the text.", str(path), line)
+            columns[name].append(text)
         value = str(row[spec.label_column])
         columns[spec.label_column].append(
             parse_score(value, spec.score_range, path, line)

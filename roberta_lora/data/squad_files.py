@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roberta_lora.choices import has_visible_text
 from roberta_lora.data.glue_files import read_text_file
 from roberta_lora.errors import DataError
 
@@ -188,8 +189,9 @@ def _validated_row(
             f"{where}: missing field(s) {missing}; expected {list(SQUAD_COLUMNS)}.", str(path), line
         )
     for name in ("id", "context", "question"):
-        if not isinstance(record[name], str) or not record[name].strip():
-            raise DataError(f"{where}: field {name!r} is {record[name]!r}; expected a non-empty string.", str(path), line)
+        if not isinstance(record[name], str) or not has_visible_text(record[name]):
+            raise DataError(f"{where}: field {name!r} is {record[name]!r:.80}; expected a non-empty string (not only "
+                            "whitespace, control or zero-width characters).", str(path), line)
     answers = record["answers"]
     texts = answers.get("text") if isinstance(answers, dict) else None
     starts = answers.get("answer_start") if isinstance(answers, dict) else None

@@ -5,17 +5,25 @@ mapping question id to answer text, and for v2 an optional no-answer probability
 the same numbers. GLUE takes JSON lines ({"index": i, "prediction": label-or-score}) or a TSV
 with a header `index<TAB>prediction` (the GLUE submission format); `index` is the 0-based row of
 the gold split, labels may be given by id or by name.
+
+A metric that has no finite value (the correlation of constant predictions) is NaN in
+`score_predictions`; `score_with_notes` also says why, and `roberta-lora score` prints it as
+`null` and exits 1.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from roberta_lora.data.glue_files import strict_float
 from roberta_lora.data.readers import load_split
 from roberta_lora.data.tasks import TaskSpec
 from roberta_lora.errors import ConfigError, DataError
@@ -29,21 +37,51 @@ from roberta_lora.evaluation.squad_metrics import (
 
 def score_predictions(spec: TaskSpec, data: str | Path, predictions: str | Path, na_probs: str | Path | None = None,
                       split: str | None = None, na_prob_thresh: float = 1.0) -> dict[str, float]:
-    """Metrics of a predictions file for `spec` (see the module docstring for the formats)."""
+    """Metrics of a predictions file for `spec` (see the module docstring for the formats); a metric without a
+    finite value is NaN (`score_with_notes` says why)."""
+    return score_with_notes(spec, data, predictions, na_probs, split, na_prob_thresh)[0]
+
+
+def score_with_notes(spec: TaskSpec, data: str | Path, predictions: str | Path, na_probs: str | Path | None = None,
+                     split: str | None = None, na_prob_thresh: float = 1.0) -> tuple[dict[str, float], dict[str, str]]:
+    """`score_predictions`, and for each metric that is not a finite number why not (e.g. "every prediction is
+    2.5: constant predictions have no correlation"); the second dict is empty when every metric is finite."""
     if spec.kind == "squad":
         dataset = load_squad_json_for_scoring(data)
         answers = _read_json_object(predictions, "predictions")
         _check_some_ids_match(dataset, answers, predictions, data)
         if spec.squad_version == 2:
             probabilities = _read_json_object(na_probs, "no-answer probabilities") if na_probs else None
-            return squad_v2_metrics(dataset, answers, na_probs=probabilities, na_prob_thresh=na_prob_thresh)
-        return squad_v1_metrics(dataset, answers)
+            metrics = squad_v2_metrics(dataset, answers, na_probs=probabilities, na_prob_thresh=na_prob_thresh)
+        else:
+            metrics = squad_v1_metrics(dataset, answers)
+        return metrics, {name: "the official script gives no number for these predictions"
+                         for name in _not_finite(metrics)}
     if na_probs:
         raise ConfigError("--na-probs applies to SQuAD v2 only")
     gold = load_split(spec, split or spec.validation_splits[0], data)
     references = np.asarray(gold[spec.label_column])
     predicted = _read_glue_predictions(Path(predictions), spec, len(references))
-    return compute_metrics(spec.metrics, predicted, references)
+    with warnings.catch_warnings():  # scipy's ConstantInputWarning and the like: the notes below say it in one line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics = compute_metrics(spec.metrics, predicted, references)
+    return metrics, {name: _why_not_finite(predicted, references) for name in _not_finite(metrics)}
+
+
+def _not_finite(metrics: dict[str, Any]) -> list[str]:
+    return [name for name, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+
+
+def _why_not_finite(predicted: np.ndarray, references: np.ndarray) -> str:
+    """Why a GLUE metric (in practice a correlation: the others are always defined) has no value."""
+    if len(predicted) < 2:
+        return f"the split has {len(predicted)} row, and a correlation needs at least two"
+    if np.all(predicted == predicted[0]):
+        return (f"every prediction is {predicted[0]:g}, and constant predictions have no correlation; check that the "
+                "model did not collapse to one output")
+    if np.all(references == references[0]):
+        return f"every gold value of the split is {references[0]:g}, and a constant has no correlation"
+    return "the metric is not defined for these predictions"
 
 
 def _check_some_ids_match(dataset: Any, answers: dict[str, Any], predictions: str | Path, data: str | Path) -> None:
@@ -129,26 +167,47 @@ def _json_records(text: str, path: Path) -> list[tuple[int, Any]]:
     return records
 
 
-def _as_index(value: Any, path: Path, line: int) -> int:
-    try:
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # ASCII digits: not "1_0" (which int() reads as 10), "²" or "١"
+
+
+def _whole_number(value: Any) -> int | None:
+    """An integer given as a JSON integer, an integral JSON number (3.0) or a TSV field ("3"); else None.
+    Booleans are not numbers here (Python's int(True) is 1), nor are 0.5 or "1_0"."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value):
         return int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"index {value!r} is not an integer", str(path), line) from None
+    return None
+
+
+def _as_index(value: Any, path: Path, line: int) -> int:
+    index = _whole_number(value)
+    if index is None:
+        raise DataError(f"index {value!r:.60} is not a row number; expected an integer such as 3 (the 0-based row "
+                        "of the gold split)", str(path), line)
+    return index
 
 
 def _as_label(value: Any, spec: TaskSpec, path: Path, line: int) -> float:
     if spec.kind == "regression":
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"prediction {value!r} is not a number (STS-B scores are 0..5)", str(path), line) from None
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value) if math.isfinite(value) else None
+        elif isinstance(value, str):
+            number = strict_float(value)
+        if number is None:
+            raise DataError(f"prediction {value!r:.60} is not a finite number; expected a score such as 3.8 "
+                            "(STS-B scores are 0..5)", str(path), line)
+        return number
     if isinstance(value, str) and value in spec.label_names:
         return spec.label_names.index(value)
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        label = -1
-    if not 0 <= label < len(spec.label_names):
-        raise DataError(f"prediction {value!r} is not a label of {spec.name}; expected one of "
+    label = _whole_number(value)
+    if label is None or not 0 <= label < len(spec.label_names):
+        kind = " (a JSON boolean, not a label)" if isinstance(value, bool) else ""
+        raise DataError(f"prediction {value!r:.60}{kind} is not a label of {spec.name}; expected one of "
                         f"{list(spec.label_names)} or 0..{len(spec.label_names) - 1}", str(path), line)
     return label

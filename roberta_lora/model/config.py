@@ -11,12 +11,14 @@ import json
 import math
 import os
 import re
+import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES
-from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES, has_visible_text
+from roberta_lora.errors import AdapterError, ConfigError, first_line
 from roberta_lora.fileio import read_safetensors_header, restore_interrupted_replace, strict_json
 from roberta_lora.lora.targets import MODEL_TYPES, resolve_targets
 
@@ -30,6 +32,18 @@ FORMAT_VERSION = 1
 # GLUE-style head with more classes than this is not what the toolkit is for.
 MAX_LORA_RANK = 1024
 MAX_NUM_CLASSES = 10_000
+# Keys every adapter_config.json the toolkit has written since FORMAT_VERSION 1 holds: what the adapter computes
+# and how its outputs are named. A file without one of them was cut or hand-written, and filling the gap with a
+# default would quietly build another model (a `{}` config is a rank-8 SST-2-shaped adapter). `model_type` and
+# `method` came later in format 1: their absence means what it meant before they existed ("roberta", "lora").
+# The informational keys (base_model, base_fingerprint, task, metrics, package_version) may be absent too.
+REQUIRED_KEYS = (
+    "task_type", "num_classes", "label_names", "lora_rank", "lora_alpha", "lora_dropout", "targets", "train_biases",
+    "train_layer_norms", "train_embeddings", "head", "head_dropout", "format_version",
+)
+# Bytes per element of each safetensors dtype, to check that a header's offsets match its shapes.
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                           "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 @dataclass
@@ -92,6 +106,7 @@ class AdapterConfig:
             problems.append(f"num_classes={self.num_classes!r} for {self.task_type} (the span head always has 2)")
         if self.label_names and len(self.label_names) != self.num_classes:
             problems.append(f"label_names has {len(self.label_names)} names but num_classes={self.num_classes}")
+        problems += _label_name_problems(self.label_names)
         if not _int_in(self.lora_rank, 1, MAX_LORA_RANK):
             problems.append(f"lora_rank={self.lora_rank!r} (expected an integer in 1..{MAX_LORA_RANK}, e.g. 8)")
         if not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
@@ -130,17 +145,41 @@ class AdapterConfig:
                 f"{source}: format_version {data.get('format_version')!r} is not supported by this version "
                 f"(expects {FORMAT_VERSION}); upgrade roberta-lora"
             )
-        problems = [
-            f"{name}={data[name]!r}" for name in data if not _type_ok(data[name], known[name].default, known[name])
-        ]
+        wrong = [f"{name}={data[name]!r}" for name in data if not _type_ok(data[name], known[name].default, known[name])]
+        missing = [name for name in REQUIRED_KEYS if name not in data]
+        problems = [f"wrong value types: {', '.join(wrong)}"] if wrong else []
+        if missing:
+            problems.append(
+                f"missing keys {missing}: every adapter_config.json roberta-lora writes holds them, so this one was cut "
+                "short or written by hand, and defaults would silently build a different model; restore them from "
+                "the original file or re-save the adapter"
+            )
+        if not wrong:  # values of the right types: report what validation finds too, all at once
+            try:
+                cls(**data).validate()
+            except ConfigError as error:
+                problems.append(str(error))
         if problems:
-            raise AdapterError(f"{source}: wrong value types: {', '.join(problems)}")
-        config = cls(**data)
-        try:
-            config.validate()
-        except ConfigError as error:
-            raise AdapterError(f"{source}: {error}") from None
-        return config
+            raise AdapterError(f"{source}: " + "; ".join(problems))
+        return cls(**data)
+
+
+def _label_name_problems(names: Any) -> list[str]:
+    """Label names must be distinct texts with something in them: a repeated name would merge two classes into
+    one key of every score and prediction (one class vanishes), an empty one cannot be read or asked for."""
+    if not isinstance(names, (list, tuple)):
+        return [f"label_names={names!r:.200} (expected a list of class names)"]
+    problems = []
+    invisible = [name for name in names if not isinstance(name, str) or not has_visible_text(name)]
+    if invisible:
+        problems.append(f"label_names={list(names)!r:.200} holds {invisible!r:.100}, which is not a name (expected "
+                        "texts with a visible character, e.g. [\"negative\", \"positive\"])")
+    counts = Counter(name for name in names if isinstance(name, str))
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        problems.append(f"label_names={list(names)!r:.200} repeats {repeated!r:.100} (expected one distinct name per "
+                        "class: a repeated name merges two classes in every score and prediction)")
+    return problems
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:
@@ -239,9 +278,66 @@ def _check_recorded_alpha(config: AdapterConfig, weights: Path, config_path: Pat
         )
 
 
+def read_weights_header(directory: str | Path) -> dict[str, Any]:
+    """The checked safetensors header of an adapter folder's tensors file, read without torch (for `inspect`).
+
+    Checks what can be checked without reading the tensors: the header parses (`fileio.read_safetensors_header`),
+    its metadata maps strings to strings, and every tensor has a known dtype, a shape of non-negative integers
+    and data offsets inside the file whose length matches the shape. The values themselves (NaN, sha256) are
+    `adapter_files.read_adapter_tensors`' to check when the adapter is loaded.
+
+    Raises:
+        AdapterError: naming the file and the first problems found.
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():  # absent, a folder, or a FIFO / device that open() would block on
+        raise AdapterError(f"{path} is missing or not a file; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        header = read_safetensors_header(path)
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"{path} is not a valid safetensors file ({first_line(error, 200)}); re-download or "
+                           "re-save the adapter") from None
+    with open(path, "rb") as handle:  # the tensors' bytes follow the 8-byte length and the header
+        data_size = path.stat().st_size - 8 - struct.unpack("<Q", handle.read(8))[0]
+    problems = _header_problems(header, data_size)
+    if problems:
+        raise AdapterError(f"{path} is not a valid safetensors file: the header's " + "; ".join(problems[:3])
+                           + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                           + "; re-download or re-save the adapter")
+    return header
+
+
+def _header_problems(header: dict[str, Any], data_size: int) -> list[str]:
+    """What is wrong with a parsed safetensors header followed by `data_size` bytes of tensor data."""
+    problems = []
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        problems.append(f"__metadata__ is {metadata!r:.80} (expected an object of strings)")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name!r:.80}"
+        if not isinstance(info, dict):
+            problems.append(f"{where} is {info!r:.80} (expected {{dtype, shape, data_offsets}})")
+            continue
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPE_BYTES:
+            problems.append(f"{where} has dtype {dtype!r:.40} (expected one of {sorted(SAFETENSORS_DTYPE_BYTES)})")
+        elif not isinstance(shape, list) or not all(_int_in(d, 0, 2**63) for d in shape):
+            problems.append(f"{where} has shape {shape!r:.80} (expected a list of non-negative sizes)")
+        elif (not isinstance(offsets, list) or len(offsets) != 2 or not all(_int_in(o, 0, data_size) for o in offsets)
+              or offsets[0] > offsets[1]):
+            problems.append(f"{where} has data_offsets {offsets!r:.80} (expected [begin, end] within the "
+                            f"{data_size} bytes of tensor data)")
+        elif offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
+            problems.append(f"{where} spans {offsets[1] - offsets[0]} bytes but its shape {shape} of {dtype} needs "
+                            f"{math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]}")
+    return problems
+
+
 def adapter_parameter_count(directory: str | Path) -> int:
-    """How many numbers an adapter holds (= what trained), read from its tensors file's header."""
-    header = read_safetensors_header(Path(directory) / WEIGHTS_NAME)
+    """How many numbers an adapter holds (= what trained), read from its tensors file's (checked) header."""
+    header = read_weights_header(directory)
     return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
 
 
