@@ -16,6 +16,7 @@ from roberta_lora.training.config import resolve_train_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser(
         "sweep", help="train a grid (or Optuna trials) of settings, several seeds each, and rank them",
+        usage="roberta-lora sweep --task TASK (--grid NAME=V1,V2 ... | --optuna N) [options]  (see --help)",
         description="Every trial is an ordinary run in <output-dir>/trial-<k>/seed-<n>/: a sweep started again "
                     "skips finished seeds and resumes interrupted ones. The table ranks trials by the median of "
                     "the task's main metric over the seeds, each at its best epoch.",

@@ -118,7 +118,8 @@ def check_device_flags(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train one adapter for one task")
+    train = subparsers.add_parser("train", help="train one adapter for one task",
+                                  usage="roberta-lora train --task TASK [options]  (see --help)")
     train.add_argument("--task", help="task name (sst2, mnli, squad_v2, ...) or a task TOML file "
                        "(not needed with --resume)")
     train.add_argument("--output-dir", help="run folder: a new folder or one of roberta-lora's runs "
@@ -160,7 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_flags(predict)
     predict.set_defaults(handler=run_predict)
 
-    train_all = subparsers.add_parser("train-all", help="one adapter per task in turn, then a results table")
+    train_all = subparsers.add_parser("train-all", help="one adapter per task in turn, then a results table",
+                                      usage="roberta-lora train-all [--tasks T1,T2] [options]  (see --help)")
     train_all.add_argument("--tasks", default=None, help="comma list (default: every GLUE task with data present)")
     train_all.add_argument("--methods", "--method", dest="methods", default="lora",
                            help="comma list of lora,head,full: the table puts them side by side")

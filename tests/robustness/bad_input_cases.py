@@ -1029,9 +1029,87 @@ def _task_toml_cases() -> None:
     tt("local-format-bogus", lambda b: b.replace('local_format = "glue_tsv"', 'local_format = "xlsx"'), "xlsx")
 
 
+# ============================================================================= silent or raw results
+def _silent_result_cases() -> None:
+    """Mistakes that used to give a result anyway, or a traceback: an adapter config of `{}` (defaults), repeated or
+    invisible label names, a corrupt tensor header (`inspect` said exit 0), a NaN metric printed as non-JSON, booleans
+    and 0.5 read as labels and rows, texts of only zero-width or control characters, "0_5" read as the score 5.0."""
+
+    def edit_config(change):
+        def setup(ws):
+            path = ws.fixture("adapter_sst2") / "adapter_config.json"
+            path.write_text(json.dumps(change(json.loads(path.read_text()))))
+        return setup
+
+    def edit_header(change):
+        def setup(ws):
+            path = ws.fixture("adapter_sst2") / "adapter.safetensors"
+            payload = path.read_bytes()
+            length = int.from_bytes(payload[:8], "little")
+            header = json.loads(payload[8 : 8 + length])
+            tensor = header[next(k for k in sorted(header) if k != "__metadata__")]
+            raw = change(header, tensor)
+            raw = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+            path.write_bytes(len(raw).to_bytes(8, "little") + raw + payload[8 + length :])
+        return setup
+
+    def ins(id, setup, expect):
+        case(id, "inspect", ["inspect", "--adapter", "{adapter_sst2}"], expect, setup)
+
+    ins("config-empty-object", edit_config(lambda c: {}), ("missing keys", "lora_alpha"))
+    ins("config-without-lora-alpha", edit_config(lambda c: {k: v for k, v in c.items() if k != "lora_alpha"}),
+        "lora_alpha")
+    ins("config-label-names-repeated", edit_config(lambda c: c | {"label_names": ["positive", "positive"]}),
+        "label_names")
+    ins("config-label-name-zero-width", edit_config(lambda c: c | {"label_names": ["\u200b", "positive"]}),
+        "label_names")
+    ins("weights-header-not-json", edit_header(lambda h, t: b"{" + json.dumps(h).encode()[2:]), "adapter.safetensors")
+    ins("weights-header-offsets-past-the-data", edit_header(lambda h, t: t.update(data_offsets=[0, 10**9]) or h),
+        "adapter.safetensors")
+    ins("weights-header-dtype-unknown", edit_header(lambda h, t: t.update(dtype="F33") or h), "adapter.safetensors")
+    case("adapter-config-empty-object", "predict",
+         ["predict", "--adapter", "{adapter_sst2}", "--model", "{model}", "--text", "a good film"], "missing keys",
+         edit_config(lambda c: {}))
+
+    def score(id, task, preds, lines, expect):
+        case(id, "score", ["score", "--task", task, "--data", "{glue}", "--predictions", "{ws}/" + preds], expect,
+             lambda ws: ws.write(preds, "".join(line + "\n" for line in lines)))
+
+    def jsonl(values, index=lambda i: i):
+        return [json.dumps({"index": index(i), "prediction": v}) for i, v in enumerate(values)]
+
+    score("stsb-constant-predictions", "stsb", "preds.jsonl", jsonl([2.5] * 12), ("pearson", "constant"))
+    score("glue-prediction-booleans", "sst2", "preds.jsonl", jsonl([i % 2 == 0 for i in range(12)]), "preds.jsonl:1")
+    score("glue-index-half", "sst2", "preds.jsonl", jsonl([1] * 12, index=lambda i: i + 0.5), "preds.jsonl:1")
+    score("glue-index-boolean", "sst2", "preds.jsonl", jsonl([1, 0], index=lambda i: i == 1), "preds.jsonl:1")
+    score("stsb-prediction-underscore", "stsb", "preds.jsonl", jsonl(["1_5"] * 12), "preds.jsonl:1")
+    score("stsb-prediction-nan-literal", "stsb", "preds.jsonl",
+          [f'{{"index": {i}, "prediction": NaN}}' for i in range(12)], "preds.jsonl:1")
+    score("glue-tsv-index-underscore", "sst2", "preds.tsv",
+          ["index\tprediction"] + [f"{i}\tpositive" for i in range(9)] + ["1_0\tnegative"], "preds.tsv:11")
+
+    def glue(id, task, row, col, value, expect):
+        T(id, "glue_data", train(task=task, data="{ws}/bad"), expect, glue_bad(task, set_cell(row, col, value)))
+
+    glue("sst2-zero-width-sentence", "sst2", 3, 0, "\u200b\u200b", "SST-2/train.tsv")
+    glue("sst2-control-character-sentence", "sst2", 3, 0, "\x01\x07", "SST-2/train.tsv")
+    glue("rte-word-joiner-sentence2", "rte", 3, 2, "\u2060", "RTE/train.tsv")
+    glue("sst2-label-arabic-digit", "sst2", 3, 1, "\u0661", "SST-2/train.tsv")
+    glue("sst2-label-superscript-digit", "sst2", 3, 1, "\u00b9", "SST-2/train.tsv")
+    glue("stsb-score-underscore", "stsb", 3, 9, "0_5", "STS-B/train.tsv")
+    glue("stsb-score-arabic-digit", "stsb", 3, 9, "\u0663", "STS-B/train.tsv")
+
+    def squad(id, mutate):
+        T(id, "squad_data", train(task="squad_v1", data="{ws}/bads"), "train-v1.1.json", squad_bad(mutate))
+
+    squad("zero-width-question", lambda d: first_qa(d).update(question="\u200b\u200b"))
+    squad("control-character-context", lambda d: d["data"][0]["paragraphs"][0].update(context="\x01\x02"))
+
+
 for _build in (_glue_cases, _squad_cases, _same_file_cases, _flag_cases, _config_cases, _model_cases, _output_cases,
                _resume_cases, _evaluate_cases, _predict_cases, _score_cases, _merge_peft_cases, _train_all_cases,
-               _small_command_cases, _cli_cases, _init_from_cases, _task_toml_cases):
+               _small_command_cases, _cli_cases, _init_from_cases, _task_toml_cases,
+               _silent_result_cases):
     _build()
 
 CATEGORIES = list(dict.fromkeys(c.category for c in CASES))
