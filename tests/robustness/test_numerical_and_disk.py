@@ -69,10 +69,11 @@ def after_checkpoint(monkeypatch, epoch: int, action: Callable[[LoraWrapperRober
     """Run `action(model)` right after (or just before) the checkpoint of `epoch` is written."""
     real = train_module.save_checkpoint
 
-    def wrapped(run_dir, model, optimizer, scheduler, epoch_done, *args):
+    def wrapped(run_dir, model, optimizer, scheduler, position, *args, **kwargs):
+        epoch_done = position["epoch"] if position["batches"] == 0 else None  # an epoch-end checkpoint
         if before and epoch_done == epoch:
             action(model)
-        real(run_dir, model, optimizer, scheduler, epoch_done, *args)
+        real(run_dir, model, optimizer, scheduler, position, *args, **kwargs)
         if not before and epoch_done == epoch:
             action(model)
 
