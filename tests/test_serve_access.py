@@ -303,6 +303,7 @@ def test_concurrent_load_unload_and_predict_on_one_name(tiny_model_dir, root, of
                 for i in range(12):
                     r = await c.post("/adapters", json={"name": "x", "path": ["sst2", "mnli"][(i + k) % 2]})
                     seen.append(("load", r.status_code, r.json()))
+                    await asyncio.sleep(0.05)  # let some predictions find it loaded
                     r = await c.delete("/adapters/x")
                     seen.append(("unload", r.status_code, r.json()))
 
