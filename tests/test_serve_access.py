@@ -313,6 +313,9 @@ def test_concurrent_load_unload_and_predict_on_one_name(tiny_model_dir, root, of
                     seen.append(("predict", r.status_code, r.json()))
 
             await asyncio.gather(*(loader(k) for k in range(3)), *(predictor() for _ in range(4)))
+            await c.post("/adapters", json={"name": "x", "path": "sst2"})  # one answer checked for sure
+            r = await c.post("/predict", json={"inputs": [item, item]})
+            seen.append(("predict", r.status_code, r.json()))
         return seen
 
     with RunningServer(config(tiny_model_dir, root, batch_window_ms=2)) as running:
