@@ -1106,10 +1106,49 @@ def _silent_result_cases() -> None:
     squad("control-character-context", lambda d: d["data"][0]["paragraphs"][0].update(context="\x01\x02"))
 
 
+# ============================================================================= --overwrite keeps what train did not write
+def _overwrite_cases() -> None:
+    """--overwrite deletes only a run's own files: a user's file or another run inside is refused (named), and
+    nothing is deleted; a new run inside a run folder is refused; save_adapter (import-peft) refuses a checkpoint."""
+    C = "overwrite"
+
+    def in_run(*files: str, nested: str | None = None, legacy: bool = False):
+        def setup(ws):
+            run = ws.fixture("run_sst2")
+            for name in files:
+                ws.write(f"run_sst2/{name}", "my notes\n")
+            if nested:
+                ws.fixture("run_unfinished", as_name=f"run_sst2/{nested}")
+            if legacy:  # a run of an earlier version: no marker, its config.json tells it
+                (run / ".roberta-lora-run").unlink()
+        return setup
+
+    def ow(id, setup, expect, out="{run_sst2}", flags=("--overwrite",)):
+        case(id, C, train(*flags, out=out), expect, setup)
+
+    ow("user-notes-beside-the-run", in_run("notes.md"), "notes.md")
+    ow("user-file-inside-the-final-adapter", in_run("adapter/my-eval.txt"), "adapter/my-eval.txt")
+    ow("user-file-inside-the-checkpoint", in_run("checkpoint/keep.pt"), "checkpoint/keep.pt")
+    ow("run-nested-inside", in_run(nested="nested"), ("another run folder", "nested"))
+    ow("run-nested-inside-eval", in_run(nested="eval/old-run"), "eval/old-run")
+    ow("legacy-run-with-user-notes", in_run("notes.md", legacy=True), "notes.md")
+    ow("new-run-inside-a-run", None, "inside the run folder", out="{run_sst2}/nested", flags=())
+    ow("new-run-inside-a-run-overwrite", None, "inside the run folder", out="{run_sst2}/eval/again")
+    ow("new-run-inside-an-unfinished-run", None, "inside the run folder", out="{run_unfinished}/next", flags=())
+    case("resume-inside-a-run", C, train("--resume", out="{run_sst2}/never_ran"), ("inside the run folder", "never_ran"))
+
+    def checkpoint_with_adapter_file(ws):  # import-peft's --overwrite takes it for an earlier converted adapter
+        folder = ws.fixture("model", as_name="mixed")
+        shutil.copy2(ws.fixture("adapter_sst2") / "adapter.safetensors", folder / "adapter.safetensors")
+    case("import-peft-into-a-model-checkpoint", C,
+         ["import-peft", "--peft", "{peft_sst2}", "--output", "{ws}/mixed", "--model", "{model}", "--task", "sst2",
+          "--overwrite"], ("model checkpoint", "mixed"), checkpoint_with_adapter_file)
+
+
 for _build in (_glue_cases, _squad_cases, _same_file_cases, _flag_cases, _config_cases, _model_cases, _output_cases,
                _resume_cases, _evaluate_cases, _predict_cases, _score_cases, _merge_peft_cases, _train_all_cases,
                _small_command_cases, _cli_cases, _init_from_cases, _task_toml_cases,
-               _silent_result_cases):
+               _silent_result_cases, _overwrite_cases):
     _build()
 
 CATEGORIES = list(dict.fromkeys(c.category for c in CASES))
