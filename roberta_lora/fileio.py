@@ -272,6 +272,25 @@ def _remove_tree(path: Path) -> None:
                       "delete it by hand", stacklevel=3)
 
 
+def link_out_of(folder: str | Path, name: str) -> Path | None:
+    """Where `folder/name` leads when symbolic links take it outside `folder`, else None (no link, a link
+    inside the folder, or a missing file). A Hugging Face cache snapshot links each file to its repo's
+    `blobs/` folder: a link from a snapshot into the same repo's blobs counts as inside."""
+    path = Path(folder) / name
+    if not os.path.islink(path):  # `name` is a plain file name: only the file itself can be a link
+        return None
+    try:
+        home, target = Path(folder).resolve(), path.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        return path
+    if target.is_relative_to(home):
+        return None
+    for ancestor in (home, *home.parents):  # .../<repo>/snapshots/<revision>[/<subfolder>]
+        if ancestor.parent.name == "snapshots" and target.is_relative_to(ancestor.parent.parent / "blobs"):
+            return None
+    return target
+
+
 def strict_json(text: str) -> Any:
     """json.loads without the non-standard NaN / Infinity literals (no value may be non-finite) and
     without lone surrogates ("\\ud800" escapes: strings that no file name or terminal can take)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_file_holds_only_trainable_tensors_and_config_fields(tiny_model_dir, tmp
                 "train_layer_norms", "train_embeddings", "head", "base_model", "base_fingerprint", "package_version",
                 "weights_sha256"):
         assert key in config, key
-    assert config["base_model"] == str(tiny_model_dir) and len(config["base_fingerprint"]) == 16
+    assert config["base_model"] == str(tiny_model_dir) and re.fullmatch(r"v2-[0-9a-f]{16}", config["base_fingerprint"])
     assert adapter_size_bytes(tmp_path) == sum(p.stat().st_size for p in tmp_path.iterdir())
 
 

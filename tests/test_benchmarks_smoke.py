@@ -222,3 +222,12 @@ def test_serve_sections_replace_only_their_own(tmp_path: Path) -> None:
     assert text.index("section: forward-base") < text.index("section: server-tiny")  # the headline first
     assert "forward body" in text and "new server body" in text and "cmd 1" not in text
     assert text.count("<!-- section:") == 2
+
+
+def test_fingerprint_benchmark_times_both_versions(tmp_path: Path) -> None:
+    output = tmp_path / "fingerprint.md"
+    load_script("fingerprint").main(["--size", "tiny", "--rounds", "1", "--output", str(output)])
+    header, rows = table_rows(output.read_text(), "size")
+    assert header == ["size", "parameters", "fingerprint", "median ms", "peak memory rise MB"]
+    assert [row[2].split()[0] for row in rows] == ["0.1", "0.2"]
+    assert all(float(row[3]) > 0 for row in rows)

@@ -19,6 +19,7 @@ tensor shape), so a config edited or corrupted there is refused while the tensor
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,33 +43,80 @@ from roberta_lora.model.config import (
     WEIGHTS_NAME,
     AdapterConfig,
     config_json_with_digest,
+    refuse_links_out,
 )
 
 # What an adapter's tensors may be stored as (safetensors names): floats only, never ints or bools.
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
+# A fingerprint names its version: "v2-" + 16 hex digits. Adapters written by roberta-lora 0.1 carry the first
+# version (16 hex digits, no prefix), checked with `legacy_base_fingerprint`.
+FINGERPRINT_VERSION = "v2"
+_SAMPLE = 256  # values read from each tensor
+
+
+def _fingerprinted_tensors(encoder: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a fingerprint reads, by name: every Embedding and LayerNorm tensor and every bias, in every
+    layer. Linear weights are left out: QLoRA stores them quantized, and a QLoRA adapter must match its
+    full-precision base. Fine-tuning changes the biases and LayerNorms of every layer, so two checkpoints that
+    share their embeddings (a fine-tuned model and its base) still differ here. Names are the plain encoder's,
+    with LoRA injected or not."""
+    chosen: list[tuple[str, torch.Tensor]] = []
+    for module_name, module in encoder.named_modules():
+        whole = isinstance(module, (nn.Embedding, nn.LayerNorm))
+        for tensor_name, tensor in module.named_parameters(recurse=False):
+            if (whole or tensor_name == "bias") and tensor is not None and tensor.is_floating_point():
+                name = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                chosen.append((name.replace(".base_layer.", "."), tensor))  # LoraLinear's wrapped layer: plain name
+    return sorted(chosen, key=lambda item: item[0])
+
+
 @torch.no_grad()
 def base_fingerprint(encoder: nn.Module) -> str | None:
-    """A short hash identifying the base weights an adapter is trained on.
+    """A short hash identifying the base weights an adapter is trained on: "v2-" and 16 hex digits.
 
-    Uses the embedding tables and the embedding LayerNorm: they are never quantized (so a QLoRA
-    adapter matches its full-precision base) and differ between any two checkpoints. For each
-    tensor: name, shape, the float64 sum and an evenly strided sample of 4096 values. Cheap
-    (milliseconds for roberta-base), deterministic across machines for the same checkpoint.
+    For each of `_fingerprinted_tensors` (embeddings, LayerNorms, biases of every layer): its name, shape and
+    256 evenly strided values, read from a strided view of the tensor, so nothing the size of a weight is
+    copied (3 ms for roberta-base, 13 ms for XLM-R-large; 0.1 took 0.28 s and 2.3 s with +294 MB and +1.95 GB:
+    benchmarks/results/fingerprint.md). Values are hashed as float32, rounded to 6 decimals, so the same
+    checkpoint gives the same hash on any machine.
     Returns None for a model on the meta device (no values to hash).
     """
+    digest = hashlib.sha256()
+    for name, tensor in _fingerprinted_tensors(encoder):
+        if tensor.is_meta:
+            return None
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _SAMPLE)][:_SAMPLE]
+        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+        digest.update(sample.to("cpu", torch.float32).numpy().round(6).tobytes())
+    return f"{FINGERPRINT_VERSION}-{digest.hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def legacy_base_fingerprint(encoder: nn.Module, replaced: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """The fingerprint roberta-lora 0.1 wrote (16 hex digits): the embedding tensors only, each by name, shape,
+    float64 sum and a strided sample of 4096 values. Computed only when an adapter of that version is checked,
+    one tensor at a time. `replaced` gives the base values of tensors an adapter has overwritten since."""
+    replaced = replaced or {}
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         if not name.startswith("embeddings."):
             continue
+        tensor = replaced.get(name, tensor)
         if tensor.is_meta:
             return None
         flat = tensor.detach().reshape(-1).to("cpu", torch.float64)
         step = max(1, flat.numel() // 4096)
         digest.update(f"{name}:{tuple(tensor.shape)}:{flat.sum().item():.6e}".encode())
         digest.update(flat[::step].to(torch.float32).numpy().round(6).tobytes())
+        del flat
     return digest.hexdigest()[:16]
+
+
+def is_legacy_fingerprint(value: str | None) -> bool:
+    return value is not None and re.fullmatch(r"[0-9a-f]{16}", value) is not None
 
 
 def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor], config: AdapterConfig,
@@ -128,10 +176,11 @@ def _check_extra_files(directory: Path, extra_files: Mapping[str, str]) -> None:
 def read_adapter_tensors(directory: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
     """Read adapter.safetensors (never pickle), checking it against the recorded sha256.
 
-    Raises AdapterError for a missing, corrupt or mismatching file, a header that declares more
-    than the file holds, a non-float dtype, or values that are NaN or infinite.
+    Raises AdapterError for a missing, corrupt or mismatching file, a symbolic link out of the folder, a
+    header that declares more than the file holds, a non-float dtype, or values that are NaN or infinite.
     """
     restore_interrupted_replace(directory)  # a save killed between its two fallback renames
+    refuse_links_out(directory)
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise AdapterError(f"{path} is missing; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES, has_visible_text
 from roberta_lora.errors import AdapterError, ConfigError, first_line
-from roberta_lora.fileio import read_safetensors_header, restore_interrupted_replace, strict_json
+from roberta_lora.fileio import link_out_of, read_safetensors_header, restore_interrupted_replace, strict_json
 from roberta_lora.lora.targets import MODEL_TYPES, resolve_targets
 
 WEIGHTS_NAME = "adapter.safetensors"
@@ -196,7 +196,8 @@ def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
     if spec.name == "base_model":  # `from_adapter` opens it: it must be something a path or a hub id can be
         return value is None or (isinstance(value, str) and _could_be_a_path(value))
     if spec.name == "base_fingerprint":  # as adapter_files.base_fingerprint writes it; "" would skip the check
-        return value is None or (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None)
+        # "v2-" and 16 hex digits; 16 hex digits alone is the fingerprint 0.1 wrote, still accepted
+        return value is None or (isinstance(value, str) and re.fullmatch(r"(v2-)?[0-9a-f]{16}", value) is not None)
     if spec.name == "task":
         return value is None or isinstance(value, str)
     if spec.name in ("max_length", "doc_stride"):
@@ -238,6 +239,7 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, str | Non
     if not path.is_file():
         present = sorted(p.name for p in directory.iterdir())[:10]
         raise AdapterError(f"{path} is missing (found {present}); an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    refuse_links_out(directory)
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise AdapterError(f"{path} is {path.stat().st_size} bytes; a valid adapter config is a few kB")
     try:
@@ -250,6 +252,18 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, str | Non
     config = AdapterConfig.from_dict(data, source=str(path))
     _check_recorded_alpha(config, directory / WEIGHTS_NAME, path)
     return config, digest
+
+
+def refuse_links_out(directory: str | Path) -> None:
+    """Raise AdapterError when the config or tensors file is a symbolic link out of the adapter folder: an
+    adapter is its folder, and a link would make it load (and re-save) another folder's file."""
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        target = link_out_of(directory, name)
+        if target is not None:
+            raise AdapterError(
+                f"{Path(directory) / name} is a symbolic link to {target}, outside the adapter folder; an adapter's "
+                "files must be inside its folder: copy the file in place of the link"
+            )
 
 
 def config_json_with_digest(config: AdapterConfig, digest: str) -> str:
@@ -292,6 +306,7 @@ def read_weights_header(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():  # absent, a folder, or a FIFO / device that open() would block on
         raise AdapterError(f"{path} is missing or not a file; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    refuse_links_out(directory)
     try:
         header = read_safetensors_header(path)
     except (OSError, ValueError) as error:

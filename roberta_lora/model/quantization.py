@@ -2,9 +2,9 @@
 
 As in the QLoRA paper: the base's linear weights are stored as NF4 with double quantization
 and computed in bfloat16; everything that trains (LoRA factors, biases, LayerNorms, the head)
-stays in full precision, and `LoraLinear` only ever *calls* the quantized layer. Embeddings and
-LayerNorms are not quantized, so `base_fingerprint` is the same as for the full-precision base
-and a QLoRA adapter loads on a full-precision base like any other.
+stays in full precision, and `LoraLinear` only ever *calls* the quantized layer. Embeddings,
+LayerNorms and biases are not quantized, and they are all `base_fingerprint` reads, so it is the same
+as for the full-precision base and a QLoRA adapter loads on a full-precision base like any other.
 
 bitsandbytes needs a CUDA GPU. Without one (or without the package) every entry point here
 raises ConfigError at once, before any data is read or weights are loaded.

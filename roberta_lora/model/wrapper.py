@@ -42,6 +42,8 @@ from roberta_lora.lora.targets import resolve_targets
 from roberta_lora.model.adapter_files import (
     base_fingerprint,
     check_tensors,
+    is_legacy_fingerprint,
+    legacy_base_fingerprint,
     read_adapter_tensors,
     save_adapter_files,
 )
@@ -499,15 +501,24 @@ class LoraWrapperRoberta(nn.Module):
         base (different fingerprint) unless `allow_base_mismatch`, which only warns."""
         self.check_family(config, source)
         ours = self._adapter_config
-        if config.base_fingerprint and ours.base_fingerprint and config.base_fingerprint != ours.base_fingerprint:
+        theirs, mine = config.base_fingerprint, ours.base_fingerprint
+        if theirs and mine and is_legacy_fingerprint(theirs) and not is_legacy_fingerprint(mine):
+            mine = self._legacy_fingerprint()  # an adapter written by 0.1: its fingerprint, computed here once
+        if theirs and mine and theirs != mine:
             message = (
-                f"adapter {source} was trained on base {config.base_model!r} (fingerprint {config.base_fingerprint}) "
-                f"but this model's base is {ours.base_model!r} (fingerprint {ours.base_fingerprint})"
+                f"adapter {source} was trained on base {config.base_model!r} (fingerprint {theirs}) "
+                f"but this model's base is {ours.base_model!r} (fingerprint {mine})"
             )
             if not allow_base_mismatch:
                 raise AdapterError(message + "; load it on the same base, or pass allow_base_mismatch=True "
                                    "(CLI: --allow-base-mismatch) to load it anyway")
             logger.warning("%s; loading anyway because allow_base_mismatch=True", message)
+
+    def _legacy_fingerprint(self) -> str | None:
+        """This base's fingerprint as roberta-lora 0.1 computed it (cached: it reads every embedding value)."""
+        if not hasattr(self, "_legacy_fingerprint_value"):
+            self._legacy_fingerprint_value = legacy_base_fingerprint(self.roberta, self._pristine)
+        return self._legacy_fingerprint_value
 
     def check_same_shape(self, config: AdapterConfig, source: str | Path) -> None:
         """Raise AdapterError unless `config` describes tensors of the same names and shapes as ours."""

@@ -686,6 +686,16 @@ def _evaluate_cases() -> None:
     e("tensors-truncated", [], ("adapter.safetensors", "adapter_sst2"),
       broken_adapter(lambda a: truncate(a / "adapter.safetensors", 0.5)))
     e("adapter-is-file", [], "adapter.safetensors", adapter="{adapter_sst2}/adapter.safetensors")
+
+    def link_out(name):  # the file is a symbolic link to another folder's copy
+        def setup(ws):
+            adapter = ws.fixture("adapter_sst2")
+            elsewhere = shutil.copytree(adapter, adapter.parent / "elsewhere")
+            (adapter / name).unlink()
+            os.symlink(elsewhere / name, adapter / name)
+        return setup
+    e("tensors-link-out-of-folder", [], ("symbolic link", "adapter.safetensors", "outside"), link_out("adapter.safetensors"))
+    e("config-link-out-of-folder", [], ("symbolic link", "adapter_config.json", "outside"), link_out("adapter_config.json"))
     e("adapter-is-model-folder", [], "tiny_base", adapter="{model}")
     e("adapter-is-peft-folder", [], "peft_sst2", adapter="{peft_sst2}")
     e("batch-size-0", ["--batch-size", "0"], ("--batch-size", "batch_size"))
