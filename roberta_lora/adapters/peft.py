@@ -201,7 +201,9 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
                            "question-answering adapters import")
     tensors = _our_names(raw, family, task_type)
     if task_type == "glue" and "classifier.dense.weight" not in tensors and "classifier.out_proj.weight" in tensors:
-        tensors.update(_base_pooler(base, family, peft_dir))
+        # PEFT trains the pooler's bias under bias="all" without saving its weight: keep what it trained
+        for name, tensor in _base_pooler(base, family, peft_dir).items():
+            tensors.setdefault(name, tensor)
     targets, rank = _lora_layout(tensors, peft_config, model_type)
     alpha = float(peft_config.get("lora_alpha", rank))
     if peft_config.get("use_rslora"):

@@ -64,6 +64,8 @@ def _fingerprinted_tensors(encoder: nn.Module) -> list[tuple[str, torch.Tensor]]
     with LoRA injected or not."""
     chosen: list[tuple[str, torch.Tensor]] = []
     for module_name, module in encoder.named_modules():
+        if module_name == "pooler" or module_name.startswith("pooler."):
+            continue  # a BertModel passed in with its pooler is the same base as its checkpoint loaded without
         whole = isinstance(module, (nn.Embedding, nn.LayerNorm))
         for tensor_name, tensor in module.named_parameters(recurse=False):
             if (whole or tensor_name == "bias") and tensor is not None and tensor.is_floating_point():

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -21,13 +22,17 @@ BaseSpec = str | Path | PretrainedConfig | PreTrainedModel
 
 
 def load_base_encoder(
-    model_id: BaseSpec, attn_implementation: str | None = None, quantize: str | None = None
+    model_id: BaseSpec, attn_implementation: str | None = None, quantize: str | None = None,
+    with_pooler: bool = False,
 ) -> PreTrainedModel:
     """An encoder (no pooler) from a hub id, a local checkpoint dir, a config (random weights) or a model.
 
     The family comes from `config.model_type`: RobertaModel for "roberta", BertModel for "bert",
     DistilBertModel for "distilbert", ... (`model.families.FAMILIES`). `quantize` ("4bit" or "8bit")
-    loads the checkpoint's linear layers through bitsandbytes (CUDA only).
+    loads the checkpoint's linear layers through bitsandbytes (CUDA only). `with_pooler`: a checkpoint
+    folder or hub id of a family whose "roberta" head is the pooler (BERT) is loaded with its pretrained
+    pooler, for the head to start from (`encoder.pooler` is None when the checkpoint holds none); the
+    caller drops it (`take_pooler`).
 
     Raises:
         ConfigError: an unsupported model_type (listing the supported ones), a model object that is not
@@ -54,10 +59,11 @@ def load_base_encoder(
     check_base_folder(str(model_id))
     family = checkpoint_family(str(model_id))  # refuses an unsupported model_type before any weights are read
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    pooler = with_pooler and family.head_dense_is_pooler
     try:
         with _quiet_transformers():  # its load report would bury our one-line error
             encoder, info = family.encoder.from_pretrained(str(model_id), output_loading_info=True,
-                                                           **family.no_pooler, **kwargs)
+                                                           **({} if pooler else family.no_pooler), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
         if "mismatched_sizes" in str(error):
             raise ConfigError(f"the weights in {model_id} do not match its config.json (tensors of other shapes); "
@@ -79,7 +85,19 @@ def load_base_encoder(
             f"the weights in {model_id} do not match its config.json ({len(missing)} tensors missing, "
             f"{len(mismatched)} of another shape, e.g. {shown}); is the weights file from another model?"
         )
+    if pooler and any(name.startswith("pooler.") for name in info.get("missing_keys", [])):
+        encoder.pooler = None  # the checkpoint has none: transformers drew a random one, never use it
     return encoder
+
+
+def take_pooler(encoder: PreTrainedModel, loaded_here: bool) -> torch.nn.Module | None:
+    """The encoder's pretrained pooler (None when it has none). One that `load_base_encoder(with_pooler=True)`
+    loaded (`loaded_here`) is removed from the encoder, which is then used without one; a model passed in by
+    the caller keeps its own."""
+    pooler = getattr(encoder, "pooler", None)
+    if pooler is not None and loaded_here:
+        encoder.pooler = None
+    return pooler
 
 
 def base_model_type(model_id: BaseSpec) -> str:

@@ -11,9 +11,10 @@ are in `lora.targets.LAYOUTS`; this table holds what the model layer needs:
 | bert | `BertModel` | `BertForSequenceClassification` (bert.pooler.dense, classifier) | `BertForQuestionAnswering` | used |
 | distilbert | `DistilBertModel` | none (its head is pre_classifier -> ReLU -> classifier) | `DistilBertForQuestionAnswering` | ignored |
 
-The encoder is always loaded without a pooler. transformers' "roberta" head (dense -> tanh ->
+The encoder is always used without a pooler. transformers' "roberta" head (dense -> tanh ->
 out_proj on the first token) is BERT's pooler plus its classifier, so a BERT adapter with that head
-becomes a `BertForSequenceClassification` whose pooler holds the head's dense layer.
+becomes a `BertForSequenceClassification` whose pooler holds the head's dense layer, and a new head of
+that kind on a BERT checkpoint starts from the checkpoint's pooler (read once, then dropped).
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class Family:
     def no_pooler(self) -> dict[str, Any]:
         """What the encoder's constructor and `from_pretrained` need to leave the pooler out."""
         return {"add_pooling_layer": False} if self.has_pooler else {}
+
+    @property
+    def head_dense_is_pooler(self) -> bool:
+        """The "roberta" head's dense layer is the encoder's pooler in transformers' classifier (BERT), so a new
+        head starts from the pretrained pooler, as `BertForSequenceClassification` does."""
+        return self.classifier_paths.get("dense", "") == f"{self.prefix}.pooler.dense"
 
     @property
     def prefix(self) -> str:

@@ -81,6 +81,18 @@ def build_head(config: AdapterConfig, encoder_config: PretrainedConfig, generato
     return build_question_answering_head(encoder_config, generator)
 
 
+@torch.no_grad()
+def start_from_pooler(head: nn.Module, pooler: nn.Module) -> None:
+    """Copy a pretrained pooler's dense layer into a "roberta" head's dense layer (BERT's classifier is the
+    pooler, dense -> tanh, then a new linear layer: `BertForSequenceClassification` starts the same way)."""
+    source = pooler.dense
+    if source.weight.shape != head.dense.weight.shape:
+        raise ConfigError(f"the base's pooler is {tuple(source.weight.shape)} but the head's dense layer is "
+                          f"{tuple(head.dense.weight.shape)}; is the checkpoint's config.json from another model?")
+    head.dense.weight.copy_(source.weight)
+    head.dense.bias.copy_(source.bias)
+
+
 def set_dropout(module: nn.Module, p: float) -> None:
     """Set the probability of every nn.Dropout below `module` (a head's dropout follows its config)."""
     for child in module.modules():

@@ -47,7 +47,7 @@ from roberta_lora.model.adapter_files import (
     read_adapter_tensors,
     save_adapter_files,
 )
-from roberta_lora.model.base import BaseSpec, load_base_encoder
+from roberta_lora.model.base import BaseSpec, load_base_encoder, take_pooler
 from roberta_lora.model.config import (
     CONFIG_NAME,
     MAX_CONFIG_BYTES,
@@ -57,7 +57,7 @@ from roberta_lora.model.config import (
     read_adapter_config,
 )
 from roberta_lora.model.families import family_of
-from roberta_lora.model.heads import build_head, set_dropout
+from roberta_lora.model.heads import build_head, set_dropout, start_from_pooler
 from roberta_lora.model.standalone import plain_encoder, standalone_model
 from roberta_lora.model.tensors import (
     adapter_parameters,
@@ -142,7 +142,9 @@ class LoraWrapperRoberta(nn.Module):
         )
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
 
-        self.roberta = load_base_encoder(model_id, attn_implementation, quantize)
+        pooled_head = config.task_type == "glue" and config.head == "roberta"
+        self.roberta = load_base_encoder(model_id, attn_implementation, quantize, with_pooler=pooled_head)
+        pooler = take_pooler(self.roberta, loaded_here=isinstance(model_id, (str, Path))) if pooled_head else None
         self.config = self.roberta.config
         config.model_type = self.config.model_type  # the family: load_base_encoder accepted it
         # Computed before anything is trained or merged: this is "the base" adapters are checked against.
@@ -158,7 +160,10 @@ class LoraWrapperRoberta(nn.Module):
             )
         logger.info("LoRA (r=%d) on %d modules: %s ...", config.lora_rank, len(self.replaced_modules),
                     self.replaced_modules[:2])
-        setattr(self, head_attribute(config.task_type), build_head(config, self.config, generator).to(self._device()))
+        head = build_head(config, self.config, generator)
+        if pooler is not None and family_of(self.config).head_dense_is_pooler:
+            start_from_pooler(head, pooler)  # as BertForSequenceClassification starts
+        setattr(self, head_attribute(config.task_type), head.to(self._device()))
         self.freeze_base()
         self._save_pristine(overwritten_base_names(self.adapter_state_dict()))  # before any training
         self.train(self.training)  # every submodule follows the wrapper (from_pretrained returns eval mode)

@@ -1,6 +1,6 @@
 """An adapter loaded on another base model is refused, naming both bases; the override loads it and warns.
 
-The fingerprint hashes the base's embedding weights (model.adapter_files.base_fingerprint), so it follows
+The fingerprint hashes samples of the base's embeddings, LayerNorms and biases (model.adapter_files.base_fingerprint), so it follows
 the weights, not the path: the same checkpoint copied elsewhere is accepted, a different one is
 refused however it is named.
 """
