@@ -22,7 +22,6 @@ and DistilBERT's sequence classifier is not the "roberta" head, so such adapters
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +31,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
+from transformers import PretrainedConfig
 
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.fileio import atomic_write_bytes, atomic_write_text
 from roberta_lora.lora.targets import TARGET_PATHS, layout
+from roberta_lora.lora.variants import EXTRA_TENSOR_NAMES
 from roberta_lora.model.adapter_files import read_adapter_tensors
 from roberta_lora.model.base import BaseSpec, base_model_type
 from roberta_lora.model.config import MAX_CONFIG_BYTES, AdapterConfig, head_attribute, read_adapter_config
@@ -43,11 +44,13 @@ from roberta_lora.model.families import Family, family_of
 from roberta_lora.model.standalone import classifier_names
 from roberta_lora.model.tensors import is_lora_factor
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+from roberta_lora.sources import resolve_model
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+EXTRA_SUFFIXES = tuple(f".{name}" for name in EXTRA_TENSOR_NAMES)  # a variant's own tensors (DoRA's magnitude)
 
 
 def transformers_class_name(config: AdapterConfig) -> str:
@@ -86,6 +89,8 @@ def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model:
     transformers_class_name(config)  # refuses what PEFT could not reproduce
     family, paths = family_of(config.model_type), layout(config.model_type)
     inner = "|".join(re.escape(paths.paths[t]) for t in config.targets)
+    layers = r"\d+" if config.layers_to_transform is None else "(?:" + "|".join(
+        str(i) for i in sorted(config.layers_to_transform)) + ")"
     modules_to_save = _head_modules(family, config.task_type)
     if config.train_layer_norms:
         modules_to_save.extend(family.layer_norms)
@@ -101,14 +106,15 @@ def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model:
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": config.lora_dropout,
         # A regex is matched in full by PEFT, so "output.dense" cannot also catch "attention.output.dense".
-        "target_modules": rf"{family.prefix}\.{re.escape(paths.layers)}\.\d+\.(?:{inner})",
+        # layers_to_transform is written into the regex: PEFT applies it only to lists of module names.
+        "target_modules": rf"{family.prefix}\.{re.escape(paths.layers)}\.{layers}\.(?:{inner})",
         "bias": "all" if config.train_biases else "none",
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": False,
-        "init_lora_weights": True,
+        "init_lora_weights": True if config.init_lora_weights == "kaiming" else config.init_lora_weights,
         "inference_mode": True,
-        "use_rslora": False,
-        "use_dora": False,
+        "use_rslora": bool(config.use_rslora),
+        "use_dora": bool(config.use_dora),
     }
     return peft_config, {PREFIX + name: t for name, t in _peft_names(config, family, tensors).items()}
 
@@ -204,10 +210,10 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         # PEFT trains the pooler's bias under bias="all" without saving its weight: keep what it trained
         for name, tensor in _base_pooler(base, family, peft_dir).items():
             tensors.setdefault(name, tensor)
-    targets, rank = _lora_layout(tensors, peft_config, model_type)
+    targets, rank, layers = _lora_layout(tensors, peft_config, model_type)
+    if layers == list(range(_layer_count(base))):
+        layers = None  # every layer
     alpha = float(peft_config.get("lora_alpha", rank))
-    if peft_config.get("use_rslora"):
-        alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r); ours by alpha / r
     head = head_attribute(task_type)
     if task_type == "glue" and not {"classifier.dense.weight", "classifier.out_proj.weight"} <= tensors.keys():
         raise AdapterError(f"{peft_dir} holds no classifier weights ({', '.join(family.classifier_paths.values())}); "
@@ -228,6 +234,9 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         train_layer_norms=any(module_of.get(n) in family.layer_norms for n in rest),
         train_embeddings=any(module_of.get(n) in EMBEDDING_TABLES for n in rest),
         head="roberta", head_dropout=0.1, label_names=list(label_names) if task_type == "glue" else [], task=task,
+        use_rslora=bool(peft_config.get("use_rslora")), use_dora=bool(peft_config.get("use_dora")),
+        init_lora_weights="gaussian" if peft_config.get("init_lora_weights") == "gaussian" else "kaiming",
+        layers_to_transform=layers,
     )
     _copy_into(model, tensors, peft_dir)
     return model.eval()
@@ -279,10 +288,16 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     peft_task = peft_config.get("task_type")
     if peft_config.get("peft_type") != "LORA":
         raise AdapterError(f"peft_type {peft_config.get('peft_type')!r} is not supported; only LoRA adapters import")
-    unsupported = [k for k in ("use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "layers_to_transform",
-                               "layer_replication", "trainable_token_indices") if peft_config.get(k)]
+    unsupported = [k for k in ("lora_bias", "rank_pattern", "alpha_pattern", "layer_replication",
+                               "trainable_token_indices") if peft_config.get(k)]
     if unsupported:
         raise AdapterError(f"the PEFT adapter uses {unsupported}, which our format cannot represent exactly")
+    init = peft_config.get("init_lora_weights", True)
+    if init not in (True, False, "gaussian"):
+        raise AdapterError(
+            f"the PEFT adapter was initialised with init_lora_weights={init!r}, which changes the base weights, so it "
+            "only works on PEFT's modified base; save it with PEFT's path_initial_model_for_weight_conversion (a plain "
+            "LoRA adapter for the unmodified base) and import that")
     expected = {"SEQ_CLS": "glue", "QUESTION_ANS": "squad"}.get(peft_task)
     if expected is None:
         raise AdapterError(f"PEFT task_type {peft_task!r} is not supported; expected SEQ_CLS "
@@ -295,9 +310,10 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     return task_type
 
 
-def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict, model_type: str) -> tuple[list[str], int]:
-    """(our targets, rank) from the LoRA keys (our names, see `_our_names`); every layer must carry the same
-    targets with one rank."""
+def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict, model_type: str,
+                 ) -> tuple[list[str], int, list[int]]:
+    """(our targets, rank, the layers that carry LoRA) from the LoRA keys (our names, see `_our_names`); every
+    adapted layer must carry the same targets with one rank."""
     family = layout(model_type)
     lora_key = re.compile(rf"^roberta\.{re.escape(family.layers)}\.(\d+)\.(.+)\.lora_([AB])\.weight$")
     target_of_path = {path: name for name, path in family.paths.items()}
@@ -307,7 +323,7 @@ def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict, model_type
     for name, tensor in tensors.items():
         match = lora_key.match(name)
         if match is None:
-            if ".lora_" in name:
+            if ".lora_" in name and not name.endswith(EXTRA_SUFFIXES):
                 unknown.append(name)
             continue
         layer, path, which = int(match.group(1)), match.group(2), match.group(3)
@@ -321,15 +337,27 @@ def _lora_layout(tensors: dict[str, torch.Tensor], peft_config: dict, model_type
     if not per_layer:
         raise AdapterError(f"the PEFT adapter holds no LoRA tensors for the {model_type} base's {family.layers}.<i>")
     layouts = {frozenset(t) for t in per_layer.values()}
-    if len(layouts) > 1 or sorted(per_layer) != list(range(len(per_layer))):
+    if len(layouts) > 1:
         raise AdapterError("the PEFT adapter adapts different modules in different layers "
-                           f"({dict(sorted(per_layer.items()))}); our adapters use the same targets in every layer")
+                           f"({dict(sorted(per_layer.items()))}); our adapters use the same targets in every "
+                           "adapted layer")
     if len(ranks) > 1:
         raise AdapterError(f"the PEFT adapter mixes ranks {sorted(ranks)}; our adapters use one rank")
     if peft_config.get("r") not in (None, *ranks):
         raise AdapterError(f"adapter_config.json says r={peft_config.get('r')} but the tensors have rank {ranks.pop()}")
     targets = [t for t in TARGET_PATHS if t in next(iter(layouts))]
-    return targets, ranks.pop()
+    return targets, ranks.pop(), sorted(per_layer)
+
+
+def _layer_count(base: BaseSpec) -> int:
+    """How many layers the base encoder has (read from its config, no weights)."""
+    if isinstance(base, (str, Path)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve_model(str(base)))
+    else:
+        config = base if isinstance(base, PretrainedConfig) else base.config
+    return int(config.num_hidden_layers)
 
 
 @torch.no_grad()

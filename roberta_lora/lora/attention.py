@@ -74,16 +74,17 @@ class LoraSelfAttentionMixin:
         alpha: float = 8.0,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> Any:
         """Wrap `attention`'s projections named in `targets` (a subset of query, key, value); the weights
-        are the same tensor objects, nothing is copied."""
+        are the same tensor objects, nothing is copied. `options`: LoraLinear's variant, use_rslora, init."""
         bad = [t for t in targets if t not in SELF_ATTENTION_TARGETS]
         if bad:
             raise ConfigError(f"self-attention can adapt {list(SELF_ATTENTION_TARGETS)}, got {bad}")
         new = rebuild_self_attention(attention, cls)
         for target in targets:
             name = layout(cls.model_type).attribute(target)
-            setattr(new, name, LoraLinear(getattr(attention, name), rank, alpha, dropout, generator))
+            setattr(new, name, LoraLinear(getattr(attention, name), rank, alpha, dropout, generator, **options))
         return new
 
     def plain(self) -> nn.Module:

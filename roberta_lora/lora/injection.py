@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,33 +39,46 @@ def inject_lora(
     alpha: float = 8.0,
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    **options: Any,
 ) -> list[str]:
     """Swap every self-attention module below `encoder` for its LoRA subclass and wrap the other targeted linears.
 
-    The family (and so the module paths) comes from `encoder.config.model_type`. Returns the module
-    paths that now carry LoRA (e.g. "encoder.layer.0.attention.self.query"). Raises ConfigError when
-    nothing matched, naming the targets and the linear layers present.
+    The family (and so the module paths) comes from `encoder.config.model_type`. `layers`: only these
+    layer indexes (PEFT's layers_to_transform; None: every layer). `options`: LoraLinear's variant,
+    use_rslora, init. Returns the module paths that now carry LoRA (e.g.
+    "encoder.layer.0.attention.self.query"). Raises ConfigError when nothing matched, naming the targets
+    and the linear layers present, or when `layers` names a layer the encoder does not have.
     """
     family = layout(encoder_model_type(encoder))
     layer_path = re.compile(rf"^(?:.*\.)?{re.escape(family.layers)}\.(\d+)\.(.+)$")
     attention_targets = [t for t in targets if t in SELF_ATTENTION_TARGETS]
     other_paths = {family.paths[t] for t in targets if t not in SELF_ATTENTION_TARGETS}
     replaced: list[str] = []
+    if layers is not None:
+        count = int(getattr(encoder.config, "num_hidden_layers", getattr(encoder.config, "n_layers", 0)))
+        outside = sorted({i for i in layers if not 0 <= i < count})
+        if outside:
+            raise ConfigError(f"layers_to_transform names layers {outside[:8]} but the encoder has {count} "
+                              f"(0..{count - 1})")
+        wanted = {str(i) for i in layers}
     # Collect first, then replace: mutating modules while iterating named_modules is unsafe. Parents come
     # before children, so DistilBERT's out_lin is wrapped inside the already swapped attention module.
     for path, module in list(encoder.named_modules()):
         match = layer_path.match(path)
-        if match is None:
+        if match is None or (layers is not None and match.group(1) not in wanted):
             continue
         inner = match.group(2)
         if attention_targets and inner == family.self_attention:
             cls = lora_attention_class(module, path)
-            set_submodule(encoder, path, cls.from_attention(module, attention_targets, rank, alpha, dropout, generator))
+            set_submodule(encoder, path, cls.from_attention(module, attention_targets, rank, alpha, dropout, generator,
+                                                           **options))
             replaced.extend(f"{path}.{family.attribute(t)}" for t in attention_targets)
         elif inner in other_paths:
             if isinstance(module, LoraLinear):
                 raise ConfigError(f"{path} already carries LoRA; build a fresh base model instead of injecting twice")
-            set_submodule(encoder, path, LoraLinear(module, rank, alpha, dropout, generator))
+            set_submodule(encoder, path, LoraLinear(module, rank, alpha, dropout, generator, **options))
             replaced.append(path)
     if not replaced:
         linears = sorted(p for p, m in encoder.named_modules() if isinstance(m, nn.Linear))

@@ -1,11 +1,13 @@
 """The LoRA layer: a frozen linear layer plus a trainable low-rank update.
 
-    y = base(x) + (alpha / r) * B(A(dropout(x)))
+    y = base(x) + s * B(A(dropout(x))),   s = alpha / r   (plain LoRA; see `lora.variants` for the rest)
 
-`A` (r x in) starts Kaiming-uniform like PEFT's default, `B` (out x r) starts at zero, so
-the layer's output equals the base layer's output until `B` has been trained. The base
-layer is only ever *called*, never re-implemented, so a quantized base (bitsandbytes
-`Linear4bit` / `Linear8bitLt`) works the same as `nn.Linear`.
+What the update computes (scaling, initialisation, DoRA's magnitude, the merged weight) lives in
+`lora.variants`, the one home of the maths; this module applies it efficiently. `A` (r x in) starts
+Kaiming-uniform like PEFT's default, `B` (out x r) starts at zero, so the layer's output equals the base
+layer's output until `B` has been trained. The base layer is only ever *called*, never re-implemented,
+so a quantized base (bitsandbytes `Linear4bit` / `Linear8bitLt`) works the same as `nn.Linear` (plain
+LoRA only: DoRA reads the base weight).
 
 Dropout is inverted dropout as in `nn.Dropout`, written so that it costs little: the
 keep-mask is applied to `x` and the 1 / (1 - p) rescaling is folded into the LoRA scaling
@@ -17,7 +19,6 @@ is used as the nearest multiple of 1/65536 (0.1 -> 0.100006) and rescaled by exa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from roberta_lora.errors import ConfigError
+from roberta_lora.lora.variants import LoraVariant, init_factors, scaling, variant_named
 
 _MASK_LEVELS = 1 << 16  # resolution of the CPU dropout mask: one 16-bit random draw per element
 
@@ -78,9 +80,12 @@ class LoraLinear(nn.Module):
     Args:
         base_layer: the layer to adapt (kept as is and frozen by the model wrapper).
         rank: r, the inner dimension of the update (> 0).
-        alpha: scaling numerator; the update is multiplied by alpha / rank.
+        alpha: scaling numerator; the update is multiplied by alpha / rank (alpha / sqrt(rank) with use_rslora).
         dropout: dropout probability applied to the input of the LoRA branch only.
         generator: optional RNG for the initial draw of A, so building is reproducible.
+        variant: "lora" or "dora" (`lora.variants.VARIANTS`).
+        use_rslora: scale by alpha / sqrt(rank) (rsLoRA).
+        init: "kaiming" (default) or "gaussian": how A is drawn (B starts at zero either way).
     """
 
     def __init__(
@@ -90,6 +95,10 @@ class LoraLinear(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        *,
+        variant: str = "lora",
+        use_rslora: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if not isinstance(rank, int) or rank <= 0:
@@ -107,8 +116,13 @@ class LoraLinear(nn.Module):
         self.out_features = out_features
         self.rank = rank
         self.alpha = float(alpha)
-        self.scaling = self.alpha / rank
+        self.use_rslora = bool(use_rslora)
+        self.init = init
+        self.variant: LoraVariant = variant_named(variant)
+        self.scaling = scaling(self.alpha, rank, self.use_rslora)
         weight = base_layer.weight
+        if self.variant.extra_tensors:
+            self._require_float_base(f"use the {self.variant.name!r} variant on")
         # Quantized weights are stored as integers; the LoRA factors stay in full precision.
         factory = {"device": weight.device, "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
         self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)  # weight: (r, in)
@@ -121,25 +135,22 @@ class LoraLinear(nn.Module):
 
     @torch.no_grad()
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
-        """A ~ Kaiming-uniform(a=sqrt(5)) (PEFT's default), B = 0: the update starts at zero.
+        """Draw A for `init`, B = 0 (`lora.variants.init_factors`), and (re)build the variant's own
+        parameters for that start (DoRA: the magnitude = the base weight's row norms)."""
+        init_factors(self.lora_A.weight, self.lora_B.weight, self.init, generator)
+        for name, parameter in self.variant.create_extra(self.base_layer.weight, self.lora_A.weight,
+                                                         self.lora_B.weight, self.scaling).items():
+            setattr(self, name, parameter)
 
-        A is drawn on the CPU in float32 and then moved to the factors' device and dtype, so a CPU
-        generator works, and gives the same A, whatever the base's device (CUDA for QLoRA, meta for
-        skeletons): torch generators only draw on their own device.
-        """
-        weight_a = self.lora_A.weight
-        if weight_a.is_meta and generator is None:  # shapes only (adapter skeletons): leave the global RNG alone
-            return
-        draw = torch.empty(weight_a.shape, dtype=torch.float32)  # on the CPU, where `generator` draws
-        nn.init.kaiming_uniform_(draw, a=math.sqrt(5), generator=generator)
-        if weight_a.is_meta:  # the generator advanced as for a real base; nothing to fill
-            return
-        weight_a.copy_(draw.to(device=weight_a.device, dtype=weight_a.dtype))
-        self.lora_B.weight.zero_()
+    @property
+    def extra(self) -> dict[str, torch.Tensor]:
+        """The variant's own parameters by name (DoRA: {"lora_magnitude_vector": (out,)}; plain LoRA: {})."""
+        return {name: getattr(self, name) for name in self.variant.extra_tensors}
 
     def delta_weight(self) -> torch.Tensor:
-        """The update as a dense matrix, (alpha / r) * B @ A, shape (out, in). The only place it is built."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        """The update as a dense matrix (out, in): merged weight = base weight + this (`lora.variants`)."""
+        return self.variant.delta_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight,
+                                         self.scaling, self.extra)
 
     def lora_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """x in the factors' dtype, with dropout's keep-mask applied when training, and the factor
@@ -178,8 +189,17 @@ class LoraLinear(nn.Module):
 
     def add_update(self, result: torch.Tensor, hidden: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
         """result + scaling * extra_scale * B(hidden), for the base output `result` (tokens, out) and
-        hidden = A(dropout(x)) (tokens, r). B @ A is never materialised."""
+        hidden = A(dropout(x)) (tokens, r). B @ A is never materialised (plain LoRA). A variant with a
+        per-feature factor (DoRA) gives row_scale * (result - bias + update) + bias."""
         scaling = self.scaling * extra_scale
+        row_scale = self.variant.row_scale(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight,
+                                           self.scaling, self.extra)
+        if row_scale is not None:
+            bias = self.base_layer.bias
+            update = self.lora_B(hidden.to(self.lora_B.weight.dtype)) * scaling
+            without_bias = result if bias is None else result - bias
+            scaled = (without_bias + update.to(result.dtype)) * row_scale.to(result.dtype)
+            return scaled if bias is None else scaled + bias
         weight_b = self.lora_B.weight  # (out, r)
         if hidden.dtype != result.dtype:  # e.g. a quantized base computing in bf16 under fp32 factors
             return result + (self.lora_B(hidden) * scaling).to(result.dtype)
@@ -221,5 +241,7 @@ class LoraLinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
+        options = (f", variant={self.variant.name}" if self.variant.name != "lora" else "") + (
+            ", rslora" if self.use_rslora else "")
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
-                f"dropout={self.dropout:g}, merged={self.merged}")
+                f"dropout={self.dropout:g}{options}, merged={self.merged}")

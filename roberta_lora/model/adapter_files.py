@@ -40,6 +40,7 @@ from roberta_lora.fileio import (
 from roberta_lora.model.config import (
     ALPHA_KEY,
     CONFIG_NAME,
+    RSLORA_KEY,
     WEIGHTS_NAME,
     AdapterConfig,
     config_json_with_digest,
@@ -146,7 +147,8 @@ def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor
     _check_extra_files(directory, extra_files)
     payload = save_safetensors_bytes(
         {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
-        metadata={"format": "pt", "producer": "roberta-lora", ALPHA_KEY: repr(float(config.lora_alpha))},
+        metadata={"format": "pt", "producer": "roberta-lora", ALPHA_KEY: repr(float(config.lora_alpha)),
+                  RSLORA_KEY: str(bool(config.use_rslora)).lower()},
     )
     config_text = config_json_with_digest(config, hashlib.sha256(payload).hexdigest())
 

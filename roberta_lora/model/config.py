@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.choices import HEAD_KINDS, METHODS, TASK_TYPES, has_visible_text
+from roberta_lora.choices import HEAD_KINDS, LORA_INITS, METHODS, TASK_TYPES, has_visible_text
 from roberta_lora.errors import AdapterError, ConfigError, first_line
 from roberta_lora.fileio import link_out_of, read_safetensors_header, restore_interrupted_replace, strict_json
 from roberta_lora.lora.targets import MODEL_TYPES, resolve_targets
@@ -26,6 +26,7 @@ WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
 MAX_CONFIG_BYTES = 1 << 20  # a real config is ~1 kB; refuse to parse anything absurd
 ALPHA_KEY = "lora_alpha"  # recorded in the tensors file's safetensors metadata too
+RSLORA_KEY = "use_rslora"  # likewise: it changes what the adapter computes, not any tensor shape
 FORMAT_VERSION = 1
 # Upper bounds, so that a stranger's config cannot make `from_adapter` allocate without limit
 # before the tensors are checked: a rank above the hidden size (768 / 1024) adds nothing, and a
@@ -69,6 +70,11 @@ class AdapterConfig:
         so the "adapter" holds the whole model): the baselines the tutorials compare LoRA with.
     max_length / doc_stride: tokenization used in training (None: the task's default), reused by
         `evaluate` and `predict` so they see inputs exactly as training did.
+    use_rslora: scale the update by lora_alpha / sqrt(lora_rank) (rsLoRA) instead of lora_alpha / lora_rank.
+    use_dora: DoRA (weight-decomposed LoRA: a trained magnitude per output feature; `lora.variants`).
+    init_lora_weights: how A started, "kaiming" or "gaussian" (B started at zero); informational once trained.
+    layers_to_transform: the layer indexes that carry LoRA (None: every layer), PEFT's name.
+    PEFT's names throughout, so a PEFT user reads the file as their own.
     """
 
     task_type: str = "glue"
@@ -91,8 +97,17 @@ class AdapterConfig:
     method: str = "lora"
     max_length: int | None = None
     doc_stride: int | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: str = "kaiming"
+    layers_to_transform: list[int] | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
+
+    @property
+    def variant(self) -> str:
+        """The `lora.variants` name of what the adapter computes ("lora" or "dora")."""
+        return "dora" if self.use_dora else "lora"
 
     def validate(self) -> None:
         """Raise ConfigError listing every invalid field at once."""
@@ -125,6 +140,11 @@ class AdapterConfig:
             resolve_targets(self.targets)
         except ConfigError as error:
             problems.append(f"targets={self.targets!r:.200} ({error})")
+        if self.init_lora_weights not in LORA_INITS:
+            problems.append(f"init_lora_weights={self.init_lora_weights!r} (expected one of {list(LORA_INITS)})")
+        problems += _layers_problems(self.layers_to_transform)
+        if self.method != "lora" and (self.use_dora or self.use_rslora or self.layers_to_transform is not None):
+            problems.append(f"use_dora / use_rslora / layers_to_transform apply to LoRA, not method={self.method!r}")
         if problems:
             raise ConfigError("invalid adapter configuration: " + "; ".join(problems))
 
@@ -182,6 +202,16 @@ def _label_name_problems(names: Any) -> list[str]:
     return problems
 
 
+def _layers_problems(layers: Any) -> list[str]:
+    if layers is None:
+        return []
+    ints = isinstance(layers, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+    if not ints or not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+        return [f"layers_to_transform={layers!r:.200} (expected a non-empty list of distinct layer indexes >= 0, "
+                "e.g. [8, 9, 10, 11], or None for every layer)"]
+    return []
+
+
 def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
@@ -202,6 +232,9 @@ def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
         return value is None or isinstance(value, str)
     if spec.name in ("max_length", "doc_stride"):
         return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    if spec.name == "layers_to_transform":
+        return value is None or (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in value))
     if spec.name in ("label_names", "targets"):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if spec.name == "metrics":
@@ -281,9 +314,17 @@ def _check_recorded_alpha(config: AdapterConfig, weights: Path, config_path: Pat
     if not weights.is_file():  # absent, or a FIFO / device that open() would block on or read forever
         return
     try:
-        recorded = float(read_safetensors_header(weights)["__metadata__"][ALPHA_KEY])
+        metadata = read_safetensors_header(weights)["__metadata__"]
+        recorded = float(metadata[ALPHA_KEY])
     except (OSError, ValueError, KeyError, TypeError):
         return
+    rslora = metadata.get(RSLORA_KEY) if isinstance(metadata, dict) else None
+    if rslora in ("true", "false") and (rslora == "true") != bool(config.use_rslora):
+        raise AdapterError(
+            f"{config_path} says use_rslora={config.use_rslora!r} but {weights.name} was saved with "
+            f"use_rslora={rslora == 'true'}: the config was edited or corrupted (it changes the update's scale). "
+            f"Restore use_rslora={rslora == 'true'} or re-download the adapter"
+        )
     if math.isfinite(recorded) and recorded != float(config.lora_alpha):
         raise AdapterError(
             f"{config_path} says lora_alpha={config.lora_alpha!r} but {weights.name} was saved with "

@@ -7,17 +7,26 @@ and "classifier.*" or "qa_outputs.*" for the head.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from roberta_lora.lora.injection import inject_lora
 from roberta_lora.lora.layer import LoraLinear
+from roberta_lora.lora.variants import EXTRA_TENSOR_NAMES
 from roberta_lora.model.config import AdapterConfig, head_attribute
 from roberta_lora.model.families import build_encoder
 from roberta_lora.model.heads import build_head
 
-_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", *(f".{name}" for name in EXTRA_TENSOR_NAMES))
+
+
+def lora_options(config: AdapterConfig) -> dict[str, Any]:
+    """What `inject_lora` needs besides targets, rank, alpha and dropout: the variant and its options."""
+    return {"variant": config.variant, "use_rslora": config.use_rslora, "init": config.init_lora_weights,
+            "layers": config.layers_to_transform}
 
 
 def adapter_parameters(encoder: nn.Module, head: nn.Module, config: AdapterConfig) -> dict[str, nn.Parameter]:
@@ -32,6 +41,7 @@ def adapter_parameters(encoder: nn.Module, head: nn.Module, config: AdapterConfi
             if isinstance(module, LoraLinear):
                 selected[f"roberta.{path}.lora_A.weight"] = module.lora_A.weight
                 selected[f"roberta.{path}.lora_B.weight"] = module.lora_B.weight
+                selected.update({f"roberta.{path}.{name}": tensor for name, tensor in module.extra.items()})
             elif config.train_layer_norms and isinstance(module, nn.LayerNorm):
                 selected.update({f"roberta.{path}.{n}": p for n, p in module.named_parameters(recurse=False)})
             elif config.train_embeddings and isinstance(module, nn.Embedding):
@@ -65,7 +75,10 @@ def overwritten_base_names(names: object) -> frozenset[str]:
 
 def lora_spec(config: AdapterConfig) -> tuple | None:
     """What decides the LoRA layers' shapes (None: no LoRA layers)."""
-    return (tuple(config.targets), config.lora_rank, float(config.lora_alpha)) if config.method == "lora" else None
+    if config.method != "lora":
+        return None
+    layers = None if config.layers_to_transform is None else tuple(sorted(config.layers_to_transform))
+    return (tuple(config.targets), config.lora_rank, float(config.lora_alpha), config.variant, config.use_rslora, layers)
 
 
 def head_spec(config: AdapterConfig) -> tuple:
@@ -92,6 +105,7 @@ def _build_skeleton(config: AdapterConfig, encoder_config: PretrainedConfig) -> 
     with torch.device("meta"):
         encoder = build_encoder(encoder_config)
         if config.method == "lora":
-            inject_lora(encoder, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout)
+            inject_lora(encoder, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                        **lora_options(config))
         head = build_head(config, encoder_config)
     return {name: p.detach() for name, p in adapter_parameters(encoder, head, config).items()}

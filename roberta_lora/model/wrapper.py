@@ -64,6 +64,7 @@ from roberta_lora.model.tensors import (
     base_name,
     expected_tensors,
     head_spec,
+    lora_options,
     lora_spec,
     overwritten_base_names,
 )
@@ -73,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 # Fields that decide an adapter's tensors: loading into the model's own adapter needs them equal.
 _SHAPE_FIELDS = ("method", "task_type", "num_classes", "lora_rank", "lora_alpha", "targets", "head", "train_biases",
-                 "train_layer_norms", "train_embeddings")
+                 "train_layer_norms", "train_embeddings", "use_rslora", "use_dora", "layers_to_transform")
 # What an embedding lookup takes as indices (token ids, segment ids).
 _ID_DTYPES = (torch.int64, torch.int32)
 IGNORE_INDEX = -100  # a class label the loss skips (cross_entropy's default, as in transformers)
@@ -105,6 +106,9 @@ class LoraWrapperRoberta(nn.Module):
         method: "lora" (default), "head" (no LoRA, only the head trains) or "full" (everything trains).
         quantize: None, "4bit" (NF4, bf16 compute) or "8bit": load the frozen base through bitsandbytes
             (needs CUDA); LoRA factors and the head stay in full precision.
+        use_rslora: scale by lora_alpha / sqrt(lora_rank) (rsLoRA). use_dora: DoRA (a trained magnitude per
+            output feature). init_lora_weights: "kaiming" (default) or "gaussian". layers_to_transform: the
+            layer indexes that get LoRA (None: all). PEFT's names and meanings; see `lora.variants`.
 
     Like any new nn.Module the model starts in train mode, and every submodule with it (the encoder
     that `from_pretrained` returns in eval mode included); `from_adapter` returns it in eval mode.
@@ -130,6 +134,10 @@ class LoraWrapperRoberta(nn.Module):
         task: str | None = None,
         method: str = "lora",
         quantize: str | None = None,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        init_lora_weights: str = "kaiming",
+        layers_to_transform: list[int] | None = None,
     ) -> None:
         super().__init__()
         # Every argument is checked before the (slow) base is loaded, all problems in one ConfigError.
@@ -138,7 +146,8 @@ class LoraWrapperRoberta(nn.Module):
             lora_alpha=lora_alpha, lora_dropout=lora_dropout, targets=targets, train_biases=train_biases,
             train_embeddings=train_embeddings, train_layer_norms=train_layer_norms, head=head,
             head_dropout=head_dropout, label_names=label_names, seed=seed, attn_implementation=attn_implementation,
-            task=task, method=method, quantize=quantize,
+            task=task, method=method, quantize=quantize, use_rslora=use_rslora, use_dora=use_dora,
+            init_lora_weights=init_lora_weights, layers_to_transform=layers_to_transform,
         )
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
 
@@ -156,7 +165,8 @@ class LoraWrapperRoberta(nn.Module):
         self.replaced_modules: list[str] = []
         if config.method == "lora":
             self.replaced_modules = inject_lora(
-                self.roberta, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout, generator
+                self.roberta, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout, generator,
+                **lora_options(config),
             )
         logger.info("LoRA (r=%d) on %d modules: %s ...", config.lora_rank, len(self.replaced_modules),
                     self.replaced_modules[:2])
@@ -591,7 +601,8 @@ class LoraWrapperRoberta(nn.Module):
                 self.replaced_modules = []
                 if new.method == "lora":
                     self.replaced_modules = inject_lora(
-                        self.roberta, new.targets, new.lora_rank, new.lora_alpha, new.lora_dropout
+                        self.roberta, new.targets, new.lora_rank, new.lora_alpha, new.lora_dropout,
+                        **lora_options(new),
                     )
             if head_spec(old) != head_spec(new):
                 dtype = next(self.head_module.parameters()).dtype
@@ -688,6 +699,10 @@ class LoraWrapperRoberta(nn.Module):
             task=config.task,
             method=config.method,
             quantize=quantize,
+            use_rslora=config.use_rslora,
+            use_dora=config.use_dora,
+            init_lora_weights=config.init_lora_weights,
+            layers_to_transform=config.layers_to_transform,
         )
         model.load_adapter(directory, allow_base_mismatch=allow_base_mismatch)
         if not isinstance(base, (str, Path)):
@@ -753,7 +768,7 @@ def _adapter_config_of(**args: Any) -> AdapterConfig:
         problems.append(f"targets={targets!r:.80} ({error})")
         resolved = list(resolve_targets(None))
     flags = {}
-    for name in ("train_biases", "train_layer_norms", "train_embeddings"):
+    for name in ("train_biases", "train_layer_norms", "train_embeddings", "use_rslora", "use_dora"):
         flags[name] = args[name] if isinstance(args[name], bool) else bad(name, "True or False", False)
     seed = args["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
@@ -766,17 +781,33 @@ def _adapter_config_of(**args: Any) -> AdapterConfig:
     optional_text("attn_implementation", "'sdpa' or 'eager'")
     optional_text("quantize", "'4bit' or '8bit'")
     task = optional_text("task", "'sst2'")
+    init = args["init_lora_weights"]
+    if not isinstance(init, str):
+        init = bad("init_lora_weights", "'kaiming' or 'gaussian'", "kaiming")
+    layers = args["layers_to_transform"]
+    if layers is not None:
+        if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+            layers = [int(layers)]  # PEFT accepts one index too
+        elif isinstance(layers, (list, tuple)) and all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                                       for i in layers):
+            layers = [int(i) for i in layers]
+        else:
+            layers = bad("layers_to_transform", "None or a list of layer indexes, e.g. [10, 11]", None)
     config = AdapterConfig(
         task_type=task_type, num_classes=num_classes, label_names=list(label_names), lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_dropout=real("lora_dropout", 0.1), targets=resolved, head=args["head"],
         head_dropout=real("head_dropout", 0.1), **flags,
         base_model=None if isinstance(model_id, (PretrainedConfig, PreTrainedModel)) else str(model_id),
-        task=task, method=args["method"], package_version=__version__,
+        task=task, method=args["method"], package_version=__version__, init_lora_weights=init,
+        layers_to_transform=layers,
     )
     try:
         config.validate()
     except ConfigError as error:
         problems.append(str(error).removeprefix("invalid adapter configuration: "))
+    if args["quantize"] not in (None, "none") and flags["use_dora"]:
+        problems.append(f"use_dora=True reads the base weight, which a {args['quantize']} base holds quantized "
+                        "(use plain LoRA with quantize, or drop quantize)")
     if args["quantize"] not in (None, "none") and args["method"] == "full":
         problems.append(f"method='full' trains every base weight, which a {args['quantize']} base cannot hold "
                         "(use method='lora' with quantize, or drop quantize)")

@@ -1,0 +1,134 @@
+"""LoRA variants (rsLoRA, DoRA, gaussian init, layers_to_transform): one home of the maths (`lora.variants`),
+exact against real PEFT both ways, and the same in every path that computes an adapter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_multi_adapter import batch, outputs, trained_model
+from transformers import RobertaConfig, RobertaForSequenceClassification
+
+from roberta_lora.adapters.peft import export_peft, import_peft
+from roberta_lora.errors import ConfigError
+from roberta_lora.lora.injection import lora_layers
+from roberta_lora.lora.layer import LoraLinear
+from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+peft = pytest.importorskip("peft")
+
+VARIANTS = {
+    "rslora": {"use_rslora": True, "lora_rank": 4, "lora_alpha": 8},
+    "dora": {"use_dora": True},
+    "dora-rslora-all-linear": {"use_dora": True, "use_rslora": True, "targets": "all-linear", "lora_rank": 4},
+    "gaussian": {"init_lora_weights": "gaussian"},
+    "layers": {"layers_to_transform": [1], "targets": "all-linear"},
+    "dora-no-biases": {"use_dora": True, "train_biases": False, "train_layer_norms": False},
+}
+HEAD = {"num_classes": 3, "head": "roberta"}
+
+
+def peft_logits(model, ids, mask) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_variant_exports_to_peft_with_equal_logits_and_imports_back_exactly(tiny_model_dir, tmp_path, name) -> None:
+    ours = trained_model(tiny_model_dir, seed=7, **HEAD, **VARIANTS[name])
+    ours.save_adapter(tmp_path / "ours")
+    export_peft(tmp_path / "ours", tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["use_dora"] == ours.adapter_config.use_dora and config["use_rslora"] == ours.adapter_config.use_rslora
+    base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
+    theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    ids, mask = batch()
+    (mine,) = outputs(ours, ids, mask)
+    torch.testing.assert_close(peft_logits(theirs, ids, mask), mine, atol=1e-5, rtol=0)
+    back = import_peft(tmp_path / "peft", model_id=str(tiny_model_dir))
+    for field in ("use_dora", "use_rslora", "layers_to_transform", "init_lora_weights", "lora_alpha", "lora_rank"):
+        assert getattr(back.adapter_config, field) == getattr(ours.adapter_config, field), field
+    assert torch.equal(outputs(back, ids, mask)[0], mine)
+
+
+@pytest.mark.parametrize("name", ["rslora", "dora", "gaussian", "layers"])
+def test_an_adapter_peft_trained_with_the_variant_imports_exactly(tiny_model_dir, tmp_path, name) -> None:
+    options = {"rslora": {"use_rslora": True, "r": 4, "lora_alpha": 8}, "dora": {"use_dora": True},
+               "gaussian": {"init_lora_weights": "gaussian"},
+               "layers": {"layers_to_transform": [0], "layers_pattern": "layer"}}[name]
+    base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    theirs = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", **{"r": 2, **options},
+                                                       target_modules=["query", "value"], bias="all"))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in theirs.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = import_peft(tmp_path / "peft", model_id=str(tiny_model_dir))
+    ids, mask = batch()
+    torch.testing.assert_close(outputs(ours, ids, mask)[0], peft_logits(theirs.eval(), ids, mask), atol=1e-5, rtol=0)
+    if name == "layers":
+        assert ours.adapter_config.layers_to_transform == [0]
+        assert all(".layer.0." in path for path in ours.replaced_modules)
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank() -> None:
+    base = torch.nn.Linear(6, 5)
+    plain, rs = (LoraLinear(base, 4, 8.0, use_rslora=flag) for flag in (False, True))
+    assert plain.scaling == 2.0 and rs.scaling == 4.0
+
+
+def test_dora_starts_as_the_base_and_merges_and_unmerges_exactly() -> None:
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    layer = LoraLinear(base, 2, 4.0, variant="dora")
+    x = torch.randn(3, 6)
+    assert torch.allclose(layer(x), base(x), atol=1e-6)  # m = ||W||, B = 0
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+        layer.lora_magnitude_vector.mul_(1.5)
+    before = base.weight.detach().clone()
+    expected = layer(x)
+    layer.merge()
+    torch.testing.assert_close(base(x), expected, atol=1e-5, rtol=0)
+    layer.unmerge()
+    assert torch.equal(base.weight, before)
+    torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+
+
+def test_dora_magnitude_trains_and_its_norm_is_a_constant_in_backward() -> None:
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5), 2, 4.0, variant="dora")
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    layer(torch.randn(3, 6)).sum().backward()
+    assert layer.lora_magnitude_vector.grad is not None and layer.lora_B.weight.grad is not None
+
+
+def test_gaussian_init_draws_a_with_std_one_over_r() -> None:
+    model = LoraWrapperRoberta(model_id=RobertaConfig(vocab_size=50, hidden_size=256, num_hidden_layers=1,
+                                                      num_attention_heads=4, intermediate_size=32), lora_rank=8,
+                               init_lora_weights="gaussian", seed=0)
+    layer = next(iter(lora_layers(model.roberta).values()))
+    assert abs(layer.lora_A.weight.std().item() - 1 / 8) < 0.01
+    assert torch.count_nonzero(layer.lora_B.weight) == 0
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"init_lora_weights": "pissa_nope"}, "init_lora_weights"),
+    ({"init_lora_weights": 3}, "init_lora_weights"),
+    ({"use_dora": "yes"}, "use_dora"),
+    ({"use_rslora": 1}, "use_rslora"),
+    ({"layers_to_transform": [0, 0]}, "layers_to_transform"),
+    ({"layers_to_transform": []}, "layers_to_transform"),
+    ({"layers_to_transform": [-1]}, "layers_to_transform"),
+    ({"layers_to_transform": ["1"]}, "layers_to_transform"),
+    ({"layers_to_transform": [True]}, "layers_to_transform"),
+    ({"layers_to_transform": [7]}, "layers_to_transform"),
+    ({"use_dora": True, "method": "head"}, "use_dora"),
+])
+def test_bad_variant_arguments_are_one_clear_error(tiny_model_dir, kwargs, expected) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        LoraWrapperRoberta(model_id=str(tiny_model_dir), **kwargs)
