@@ -132,3 +132,80 @@ def test_gaussian_init_draws_a_with_std_one_over_r() -> None:
 def test_bad_variant_arguments_are_one_clear_error(tiny_model_dir, kwargs, expected) -> None:
     with pytest.raises(ConfigError, match=expected):
         LoraWrapperRoberta(model_id=str(tiny_model_dir), **kwargs)
+
+
+# ----------------------------------------------------------------------------- every path: mixed batches, combinations
+MIXED = {
+    "plain": {"num_classes": 2},
+    "dora": {"num_classes": 3, "head": "roberta", "use_dora": True, "targets": "all-linear", "lora_rank": 4},
+    "rslora": {"num_classes": 2, "use_rslora": True, "lora_rank": 4, "lora_alpha": 16},
+    "dora-rslora-layer": {"task_type": "squad_v2", "use_dora": True, "use_rslora": True, "layers_to_transform": [1]},
+    "dora-r2": {"num_classes": 1, "use_dora": True, "lora_rank": 2, "train_biases": False},
+}
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    for seed, (name, kwargs) in enumerate(MIXED.items()):
+        trained_model(tiny_model_dir, seed + 20, **kwargs).save_adapter(root / name)
+    return {name: root / name for name in MIXED}
+
+
+def test_a_mixed_batch_of_variants_equals_each_adapter_alone(mixed) -> None:
+    from test_batched import assert_rows_match, padded_batch
+
+    from roberta_lora.adapters.batched import BatchedAdapters
+
+    alone = {name: LoraWrapperRoberta.from_adapter(d) for name, d in mixed.items()}
+    engine = BatchedAdapters(alone["plain"])
+    for name, directory in mixed.items():
+        engine.add(name, directory)
+    names = [n for n in MIXED for _ in range(2)][::-1]
+    ids, mask = padded_batch(len(names))
+    assert_rows_match(engine.forward(ids, mask, names), names, alone, ids, mask)
+    assert_rows_match(engine.forward(ids[:3], mask[:3], ["plain"] * 3), ["plain"] * 3, alone, ids[:3], mask[:3])
+    engine.remove("dora")
+    rest = ["dora-r2", "plain", "dora-rslora-layer"]
+    assert_rows_match(engine.forward(ids[:3], mask[:3], rest), rest, alone, ids[:3], mask[:3])
+
+
+def test_combinations_use_each_adapters_scaling_and_refuse_dora(mixed, tiny_model_dir, tmp_path) -> None:
+    from roberta_lora.adapters.bank import AdapterBank
+
+    plain_rs = trained_model(tiny_model_dir, seed=4, num_classes=2, use_rslora=True, lora_rank=4, lora_alpha=16)
+    plain_rs.save_adapter(tmp_path / "rs")
+    bank = AdapterBank.from_adapter(tmp_path / "rs", "rs")
+    bank.add_weighted_adapter(["rs"], [1.0], "same", combination_type="cat")
+    bank.set_adapter("same")
+    ids, mask = batch()
+    torch.testing.assert_close(outputs(bank.model, ids, mask)[0], outputs(plain_rs, ids, mask)[0], atol=1e-5, rtol=0)
+    bank.load_adapter(mixed["dora"], "dora")
+    with pytest.raises(ConfigError, match="'dora' adapter"):
+        bank.add_weighted_adapter(["dora", "dora"], [0.5, 0.5], "half", combination_type="cat")
+
+
+def test_merged_dora_and_rslora_checkpoints_equal_the_adapter(mixed, tmp_path) -> None:
+    from roberta_lora.adapters.merge import export_merged, load_merged
+
+    for name in ("dora", "rslora", "dora-rslora-layer"):
+        model = LoraWrapperRoberta.from_adapter(mixed[name])
+        ids, mask = batch()
+        expected = outputs(model, ids, mask)
+        export_merged(model, tmp_path / name)
+        merged = load_merged(tmp_path / name).eval()
+        with torch.no_grad():
+            out = merged(input_ids=ids, attention_mask=mask)
+        got = [out.logits] if "logits" in out else [out.start_logits, out.end_logits]
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_init_from_an_adapter_of_another_variant_is_refused(mixed, tiny_model_dir) -> None:
+    from roberta_lora.adapters.warm_start import warm_start_from_adapter
+    from roberta_lora.errors import AdapterError
+
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), num_classes=3, head="roberta", targets="all-linear",
+                               lora_rank=4)
+    with pytest.raises(AdapterError, match="--use-dora"):
+        warm_start_from_adapter(model, mixed["dora"])

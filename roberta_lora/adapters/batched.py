@@ -41,6 +41,7 @@ from torch import nn
 
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.injection import set_submodule
+from roberta_lora.lora.variants import PLAIN, LoraVariant, require, scaling, variant_named
 from roberta_lora.model.adapter_files import check_tensors, read_adapter_tensors
 from roberta_lora.model.config import AdapterConfig, head_attribute, read_adapter_config
 from roberta_lora.model.families import family_of
@@ -59,6 +60,7 @@ class _Batch:
 
     rows: torch.Tensor
     groups: tuple[tuple[int, int, int], ...]
+    scaled: bool = False  # some row's adapter has a per-feature output scale (DoRA)
 
 
 # The rows of the batch, for the duration of one `BatchedAdapters.forward` only.
@@ -121,7 +123,10 @@ class BatchedLinear(nn.Module):
 
     Tables (row 0 = the plain base): `biases` (n + 1, out) or None when the base has no bias;
     `factors[str(r)]`, a `RankTable` per rank r held on this layer; `slots` (n + 1,) the row of each
-    adapter in its rank's table (0: no update on this layer, so also for row 0).
+    adapter in its rank's table (0: no update on this layer, so also for row 0); `scales` (n + 1, out),
+    the per-feature output scale of variants that have one (`lora.variants`: DoRA's m / ||W + s B A||,
+    ones for every other row), or None while no adapter here has one. A row computes
+    scale * (W x + s B A x) + bias, what `LoraLinear` computes for that adapter.
     """
 
     def __init__(self, base: nn.Linear) -> None:
@@ -130,19 +135,29 @@ class BatchedLinear(nn.Module):
         self.register_buffer("biases", None if base.bias is None else base.bias.detach()[None].clone())
         self.factors = nn.ModuleDict()
         self.register_buffer("slots", torch.zeros(1, dtype=torch.long, device=self.weight.device))
+        self.register_buffer("scales", None)
         self.ranks = [0]  # per row: the rank of its factors on this layer (0: none)
 
-    def append(self, tensors: dict[str, torch.Tensor], scaling: float) -> None:
-        """Add a row: `tensors` may hold "bias" (out,), "lora_A" (r, in) and "lora_B" (out, r)."""
+    def append(self, tensors: dict[str, torch.Tensor], scaling: float, variant: LoraVariant = PLAIN) -> None:
+        """Add a row: `tensors` may hold "bias" (out,), "lora_A" (r, in), "lora_B" (out, r) and the variant's
+        own tensors; `scaling` multiplies B A (`lora.variants.scaling`)."""
         if self.biases is not None:
             bias = tensors.get("bias", self.biases[0])
             self.biases = torch.cat([self.biases, bias.to(self.biases)[None]])
-        slot, rank = 0, 0
+        slot, rank, row_scale = 0, 0, None
         if "lora_A" in tensors:
             rank = tensors["lora_A"].size(0)
             if str(rank) not in self.factors:
                 self.factors[str(rank)] = RankTable(rank, self.weight)
-            slot = self.factors[str(rank)].append(tensors["lora_A"], tensors["lora_B"] * scaling)
+            weight_a, weight_b = (tensors[n].to(self.weight) for n in ("lora_A", "lora_B"))
+            extra = {name: tensors[name].to(self.weight) for name in variant.extra_tensors}
+            row_scale = variant.row_scale(self.weight, weight_a, weight_b, scaling, extra)
+            slot = self.factors[str(rank)].append(weight_a, weight_b * scaling)
+        if row_scale is not None and self.scales is None:  # the first scaled row: every earlier row scales by 1
+            self.scales = self.weight.new_ones(len(self.ranks), self.weight.size(0))
+        if self.scales is not None:
+            row = self.scales.new_ones(self.weight.size(0)) if row_scale is None else row_scale.to(self.scales)
+            self.scales = torch.cat([self.scales, row[None]])
         self.ranks.append(rank)
         self.slots = torch.cat([self.slots, self.slots.new_tensor([slot])])
 
@@ -151,6 +166,8 @@ class BatchedLinear(nn.Module):
         keep = [i for i in range(len(self.ranks)) if i != row]
         if self.biases is not None:
             self.biases = self.biases[keep]
+        if self.scales is not None:
+            self.scales = self.scales[keep]
         rank, slot = self.ranks.pop(row), int(self.slots[row])
         slots = self.slots[keep]
         if rank and len(self.factors[str(rank)]) == 1:
@@ -163,6 +180,7 @@ class BatchedLinear(nn.Module):
 
     def row_nbytes(self, row: int) -> int:
         held = _bytes(self.slots[row]) + (_bytes(self.biases[row]) if self.biases is not None else 0)
+        held += _bytes(self.scales[row]) if self.scales is not None else 0
         if self.ranks[row]:
             held += self.factors[str(self.ranks[row])].row_nbytes(int(self.slots[row]))
         return held
@@ -170,6 +188,7 @@ class BatchedLinear(nn.Module):
     def held_nbytes(self) -> int:
         """Bytes of every adapter's rows (not row 0 of any table)."""
         tables = [self.slots[1:]] + ([self.biases[1:]] if self.biases is not None else [])
+        tables += [self.scales[1:]] if self.scales is not None else []
         tables += [t[1:] for table in self.factors.values() for t in (table.a, table.b)]
         return sum(_bytes(t) for t in tables)
 
@@ -177,8 +196,6 @@ class BatchedLinear(nn.Module):
         batch = _current_batch(x)
         x3 = x.reshape(x.size(0), -1, x.size(-1))  # (B, T, in)
         out = F.linear(x3, self.weight)  # (B, T, out): the base matmul, once for the whole batch
-        if self.biases is not None:
-            out += self.biases[batch.rows].unsqueeze(1)
         for rank, start, stop in batch.groups:  # the rows of one rank are contiguous
             if str(rank) not in self.factors:
                 continue  # no adapter of this rank adapts this layer
@@ -186,6 +203,10 @@ class BatchedLinear(nn.Module):
             slots = self.slots[batch.rows[start:stop]]  # (n,)
             hidden = torch.bmm(x3[start:stop], table.a[slots].transpose(1, 2))  # (n, T, r)
             out[start:stop].baddbmm_(hidden, table.b[slots].transpose(1, 2))  # + scale * B(A x), in place
+        if batch.scaled and self.scales is not None:
+            out *= self.scales[batch.rows].unsqueeze(1)  # DoRA rows: m / ||W + s B A||; others 1
+        if self.biases is not None:
+            out += self.biases[batch.rows].unsqueeze(1)
         return out.view(*x.shape[:-1], -1)
 
 
@@ -202,7 +223,7 @@ class BatchedLayerNorm(nn.Module):
         self.register_buffer("weights", weight[None].clone())
         self.register_buffer("biases", bias.to(weight)[None].clone())
 
-    def append(self, tensors: dict[str, torch.Tensor], scaling: float = 1.0) -> None:
+    def append(self, tensors: dict[str, torch.Tensor]) -> None:
         """Add a row: `tensors` may hold "weight" and "bias" (H,); the base's values otherwise."""
         self.weights = torch.cat([self.weights, tensors.get("weight", self.weights[0]).to(self.weights)[None]])
         self.biases = torch.cat([self.biases, tensors.get("bias", self.biases[0]).to(self.biases)[None]])
@@ -321,6 +342,9 @@ class BatchedAdapters:
         if config.train_embeddings:
             raise ConfigError(f"{source} trains the embeddings (train_embeddings=True), which BatchedAdapters shares "
                               "across rows; serve it with MultiAdapterPredictor or LoraWrapperRoberta.from_adapter")
+        kind = variant_named(config.variant)
+        require(kind.name, kind.batchable, f"BatchedAdapters ({source})",
+                "serve it with MultiAdapterPredictor or LoraWrapperRoberta.from_adapter")
 
     def _add(self, name: str, config: AdapterConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Check `tensors` against `config` (already found batchable) and append its rows and head."""
@@ -332,9 +356,13 @@ class BatchedAdapters:
         weight = self.encoder.get_input_embeddings().weight  # the heads follow the base's device and dtype
         head = build_head(config, self._model.config).to(device=weight.device, dtype=weight.dtype)
         head.load_state_dict(head_state)
-        scaling = float(config.lora_alpha) / config.lora_rank
+        factor = scaling(config.lora_alpha, config.lora_rank, config.use_rslora)
+        kind = variant_named(config.variant)
         for path, module in self._batched.items():
-            module.append(per_module.get(path, {}), scaling)
+            if isinstance(module, BatchedLinear):
+                module.append(per_module.get(path, {}), factor, kind)
+            else:
+                module.append(per_module.get(path, {}))
         self._heads[name] = head.eval().requires_grad_(False)
         self._ranks[name] = config.lora_rank if any(is_lora_factor(n) for n in tensors) else 0
         live = self._model.adapter_config
@@ -373,7 +401,8 @@ class BatchedAdapters:
             index = torch.tensor(order, device=input_ids.device)
             inputs = {k: None if v is None else v[index] for k, v in inputs.items()}
         rows = torch.tensor([table_rows[name] for name in names], device=input_ids.device)
-        with _batch(_Batch(rows, _rank_groups([self._ranks[name] for name in names]))):
+        scaled = any(variant_named(self._configs[name].variant).has_row_scale for name in table_rows)
+        with _batch(_Batch(rows, _rank_groups([self._ranks[name] for name in names]), scaled)):
             hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H), rows in sorted order
         results: list[dict[str, torch.Tensor]] = [{} for _ in adapters]
         for name in table_rows:  # first-appearance order; heads are tiny
@@ -408,9 +437,12 @@ def _split_tensors(tensors: dict[str, torch.Tensor], head_prefix: str,
         if name.startswith(head_prefix + "."):
             head[name.removeprefix(head_prefix + ".")] = tensor
             continue
-        if is_lora_factor(name):
+        if is_lora_factor(name) and name.endswith(".weight"):  # "<path>.lora_A.weight"
             path, factor, _ = name.removeprefix("roberta.").rsplit(".", 2)
             per_module.setdefault(path, {})[factor] = tensor
+        elif is_lora_factor(name):  # a variant's own tensor, "<path>.lora_magnitude_vector"
+            path, extra = name.removeprefix("roberta.").rsplit(".", 1)
+            per_module.setdefault(path, {})[extra] = tensor
         else:
             path, parameter = str(base_name(name)).rsplit(".", 1)
             per_module.setdefault(path, {})[parameter] = tensor

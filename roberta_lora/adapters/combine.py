@@ -17,6 +17,7 @@ from transformers import PretrainedConfig
 
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.targets import layout
+from roberta_lora.lora.variants import scaling, variant_named
 from roberta_lora.model.config import AdapterConfig
 from roberta_lora.model.families import intermediate_size
 from roberta_lora.model.tensors import is_lora_factor
@@ -88,10 +89,11 @@ def combine_adapters(
     weights = [float(w) for w in weights]
     _check_combinable(names, configs, weights, combination_type, svd_rank, encoder_config)
 
-    scalings = [c.lora_alpha / c.lora_rank for c in configs]
+    scalings = [scaling(c.lora_alpha, c.lora_rank, c.use_rslora) for c in configs]
     family = layout(encoder_config.model_type)
     combined: dict[str, torch.Tensor] = {}
-    for layer in range(encoder_config.num_hidden_layers):
+    layers = configs[0].layers_to_transform
+    for layer in range(encoder_config.num_hidden_layers) if layers is None else sorted(layers):
         for target in configs[0].targets:
             path = f"roberta.{family.layers}.{layer}.{family.paths[target]}"
             factors = [(t[f"{path}.lora_A.weight"], t[f"{path}.lora_B.weight"]) for t in tensors]
@@ -99,7 +101,8 @@ def combine_adapters(
             combined[f"{path}.lora_A.weight"], combined[f"{path}.lora_B.weight"] = a.contiguous(), b.contiguous()
     rank = combined[f"{path}.lora_A.weight"].size(0)
     combined.update(_combine_rest(names, configs, tensors, weights, average_non_lora))
-    return replace(configs[0], lora_rank=rank, lora_alpha=float(rank), metrics={}), combined
+    # alpha = r' and plain scaling: the combined factors already carry each adapter's scale
+    return replace(configs[0], lora_rank=rank, lora_alpha=float(rank), use_rslora=False, metrics={}), combined
 
 
 def weight_problems(names: Sequence[str], weights: Any) -> list[str]:
@@ -133,6 +136,14 @@ def _check_combinable(names: Sequence[str], configs: Sequence[AdapterConfig], we
     problems = [f"{n!r} has method {c.method!r}" for n, c in zip(names, configs, strict=True) if c.method != "lora"]
     problems += [f"{n!r} adapts {c.targets}, {names[0]!r} {configs[0].targets}"
                  for n, c in zip(names, configs, strict=True) if c.targets != configs[0].targets]
+    problems += [f"{n!r} adapts layers {c.layers_to_transform}, {names[0]!r} {configs[0].layers_to_transform}"
+                 for n, c in zip(names, configs, strict=True)
+                 if sorted(c.layers_to_transform or []) != sorted(configs[0].layers_to_transform or [])]
+    for n, c in zip(names, configs, strict=True):
+        kind = variant_named(c.variant)
+        if not kind.combinable:
+            problems.append(f"{n!r} is a {kind.name!r} adapter, whose update is not a low-rank delta that can be "
+                            "weighted and added (merge it, or combine plain LoRA adapters)")
     if combination_type == "linear":
         if len({c.lora_rank for c in configs}) > 1:
             problems.append(f"'linear' needs equal ranks, got {[c.lora_rank for c in configs]} (use 'cat' or 'svd')")

@@ -31,6 +31,12 @@ def warm_start_from_adapter(model: LoraWrapperRoberta, directory: Path, allow_ba
             f"{config.targets}; this run has rank {ours.lora_rank}, alpha {ours.lora_alpha:g} on {ours.targets}. "
             f"Pass --rank {config.lora_rank} --alpha {config.lora_alpha:g} --targets {','.join(config.targets)}"
         )
+    if ours.method == "lora" and (config.variant, config.use_rslora) != (ours.variant, ours.use_rslora):
+        raise AdapterError(
+            f"--init-from adapter {directory} is {_kind(config)}; this run trains {_kind(ours)}: the same tensors "
+            f"would compute another update. Pass {'--use-dora' if config.use_dora else '--no-use-dora'} "
+            f"{'--use-rslora' if config.use_rslora else '--no-use-rslora'}"
+        )
     tensors = read_adapter_tensors(directory, digest)
     same_head = (config.task_type, config.head, config.num_classes, config.label_names) == (
         ours.task_type, ours.head, ours.num_classes, ours.label_names)
@@ -49,3 +55,7 @@ def warm_start_from_adapter(model: LoraWrapperRoberta, directory: Path, allow_ba
                 "copied" if same_head else f"re-initialised (adapter labels {config.label_names or config.num_classes}"
                 f" vs {ours.label_names or ours.num_classes})")
     return copied
+
+
+def _kind(config) -> str:
+    return f"{config.variant!r}" + (" with rsLoRA scaling" if config.use_rslora else "")

@@ -70,12 +70,15 @@ class LoraVariant:
     extra_tensors: names of the parameters the variant adds to a layer (saved with the adapter, beside
         lora_A and lora_B), with `create_extra` building them.
     combinable: whether the weighted combinations (adapters.combine, a sum of low-rank deltas) apply.
+    batchable: whether the mixed-batch engine can serve it (from A, s B and `row_scale`, one row each).
     peft: what PEFT's LoraConfig says for this variant (export writes it, import reads it).
     """
 
     name: ClassVar[str] = "lora"
     extra_tensors: ClassVar[tuple[str, ...]] = ()
     combinable: ClassVar[bool] = True
+    batchable: ClassVar[bool] = True  # the mixed-batch engine computes it from (A, s B, row_scale)
+    has_row_scale: ClassVar[bool] = False  # `row_scale` returns a tensor
     peft: ClassVar[dict[str, object]] = {}
 
     def create_extra(self, base_weight: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor,
@@ -101,6 +104,7 @@ class DoraVariant(LoraVariant):
     name = "dora"
     extra_tensors = ("lora_magnitude_vector",)  # PEFT's name, so export is a rename
     combinable = False  # m / ||W + sum of deltas|| is not a sum of the adapters' deltas
+    has_row_scale = True
     peft = {"use_dora": True}
 
     def create_extra(self, base_weight, weight_a, weight_b, scale):
@@ -123,7 +127,8 @@ def _row_norm(base_weight: torch.Tensor, weight_a: torch.Tensor, weight_b: torch
     return torch.linalg.vector_norm(base_weight.to(weight_a.dtype) + (weight_b @ weight_a) * scale, dim=1)
 
 
-VARIANTS: dict[str, LoraVariant] = {variant.name: variant for variant in (LoraVariant(), DoraVariant())}
+PLAIN = LoraVariant()
+VARIANTS: dict[str, LoraVariant] = {variant.name: variant for variant in (PLAIN, DoraVariant())}
 VARIANT_NAMES = tuple(VARIANTS)
 EXTRA_TENSOR_NAMES = tuple(dict.fromkeys(n for v in VARIANTS.values() for n in v.extra_tensors))
 
