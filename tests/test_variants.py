@@ -209,3 +209,41 @@ def test_init_from_an_adapter_of_another_variant_is_refused(mixed, tiny_model_di
                                lora_rank=4)
     with pytest.raises(AdapterError, match="--use-dora"):
         warm_start_from_adapter(model, mixed["dora"])
+
+
+# ----------------------------------------------------------------------------- training: the CLI and LoRA+
+def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path) -> None:
+    from fixtures_glue import write_glue_fixture
+
+    from roberta_lora.cli.main import main
+
+    write_glue_fixture(tmp_path / "glue", "sst2", n_train=32, n_dev=16)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "glue"),
+                 "--output-dir", str(run), "--no-progress", "--batch-size", "8", "--max-steps", "3",
+                 "--use-dora", "--use-rslora", "--layers-to-transform", "1", "--init-lora-weights", "gaussian",
+                 "--loraplus-lr-ratio", "16", "--cache-dir", str(tmp_path / "cache")]) == 0
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert (config["use_dora"], config["use_rslora"], config["layers_to_transform"], config["init_lora_weights"]) == (
+        True, True, [1], "gaussian")
+    model = LoraWrapperRoberta.from_adapter(run / "adapter")
+    assert all(".layer.1." in path for path in model.replaced_modules)
+    assert main(["evaluate", "--adapter", str(run / "adapter"), "--data-dir", str(tmp_path / "glue"),
+                 "--no-progress"]) == 0
+
+
+def test_loraplus_gives_b_its_own_learning_rate_and_nothing_else(tiny_model_dir) -> None:
+    from roberta_lora.training.optim import build_optimizer
+
+    model = LoraWrapperRoberta(model_id=str(tiny_model_dir), num_classes=2)
+    plain = build_optimizer(model, lr=1e-3, weight_decay=0.01)
+    plus = build_optimizer(model, lr=1e-3, weight_decay=0.01, loraplus_lr_ratio=16)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {}
+    for group in plus.param_groups:
+        for parameter in group["params"]:
+            by_lr[names[id(parameter)]] = (group["lr"], group["weight_decay"])
+    assert {n for n, (lr, _) in by_lr.items() if lr == pytest.approx(16e-3)} == {
+        n for n in by_lr if n.endswith("lora_B.weight")}
+    assert all(lr == pytest.approx(1e-3) for n, (lr, _) in by_lr.items() if not n.endswith("lora_B.weight"))
+    assert sum(len(g["params"]) for g in plain.param_groups) == len(by_lr)  # the same parameters, regrouped

@@ -12,6 +12,7 @@ from roberta_lora.choices import (
     COMPILE_BACKENDS,
     DTYPES,
     HEAD_KINDS,
+    LORA_INITS,
     METHODS,
     MIXED_PRECISION,
     OPTIMIZERS,
@@ -70,6 +71,15 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
                        "--metric-for-best")
     steps.add_argument("--gradient-checkpointing", action="store_const", const=True,
                        help="recompute activations in the backward pass: much less memory, slower steps")
+    variants = parser.add_argument_group("LoRA variants (PEFT's names; see README: LoRA variants)")
+    variants.add_argument("--use-rslora", action=argparse.BooleanOptionalAction, default=None,
+                          help="rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r")
+    variants.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=None,
+                          help="DoRA: a trained magnitude per output feature (not with --quantize)")
+    variants.add_argument("--init-lora-weights", choices=LORA_INITS, help="how A starts (default kaiming; B starts "
+                          "at zero)")
+    variants.add_argument("--layers-to-transform", help="LoRA only in these layers, e.g. 8,9,10,11 (default: all)")
+    variants.add_argument("--loraplus-lr-ratio", type=float, help="LoRA+: B's learning rate = R x --lr (paper: 16)")
     trains = parser.add_argument_group("what trains besides LoRA (PEFT's bias=\"none\": --no-train-biases)")
     trains.add_argument("--train-biases", action=argparse.BooleanOptionalAction, default=None,
                         help="train every bias of the base (default: yes; PEFT bias=\"all\")")

@@ -19,6 +19,7 @@ from roberta_lora.choices import (
     ATTN_IMPLEMENTATIONS,
     COMPILE_BACKENDS,
     HEAD_KINDS,
+    LORA_INITS,
     METHODS,
     MIXED_PRECISION,
     OPTIMIZERS,
@@ -65,6 +66,12 @@ class TrainConfig:
     train_layer_norms: bool = True
     train_embeddings: bool = False
     attn_implementation: str | None = None  # sdpa | eager; None = the checkpoint's default
+    # --- LoRA variants (PEFT's names; lora/variants.py) ---
+    use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+    use_dora: bool = False  # DoRA: a trained magnitude per output feature
+    init_lora_weights: str = "kaiming"  # kaiming | gaussian: how A starts (B starts at zero)
+    layers_to_transform: str | None = None  # comma list of layer indexes that get LoRA ("8,9,10,11"); None = all
+    loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate = this x the learning rate (None: the same)
     # --- loop ---
     grad_accum: int = 1  # gradient accumulation steps (effective batch = batch_size * grad_accum * processes)
     eval_batch_size: int = 64
@@ -151,8 +158,34 @@ class TrainConfig:
             resolve_targets(self.targets)
         except ConfigError as error:
             problems.append(str(error))
+        need(self.init_lora_weights in LORA_INITS,
+             f"init_lora_weights={self.init_lora_weights!r}: expected one of {list(LORA_INITS)}")
+        try:
+            self.layer_indexes()
+        except ConfigError as error:
+            problems.append(str(error))
+        need(self.loraplus_lr_ratio is None or self.loraplus_lr_ratio > 0,
+             f"loraplus_lr_ratio={self.loraplus_lr_ratio!r}: expected a number > 0 (the LoRA+ paper uses 16)")
+        if self.method != "lora":
+            used = [flag_of(n) for n in ("use_rslora", "use_dora", "layers_to_transform", "loraplus_lr_ratio")
+                    if getattr(self, n) not in (None, False)]
+            need(not used, f"{', '.join(used)} shape LoRA, but method={self.method!r} has none; drop them or use "
+                 "--method lora")
+        need(not (self.use_dora and self.quantize != "none"),
+             f"use_dora with quantize={self.quantize!r}: DoRA reads the base weight, which a quantized base holds "
+             "in 4/8 bits; use plain LoRA with --quantize, or drop --quantize")
         if problems:
             raise ConfigError("invalid training configuration:\n  " + "\n  ".join(problems))
+
+    def layer_indexes(self) -> list[int] | None:
+        """`layers_to_transform` as a list of indexes (None: every layer); ConfigError naming the bad text."""
+        if self.layers_to_transform is None:
+            return None
+        parts = [part.strip() for part in self.layers_to_transform.split(",")]
+        if not parts or not all(part.isascii() and part.isdigit() for part in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"layers_to_transform={self.layers_to_transform!r:.80}: expected distinct layer "
+                              "indexes >= 0 separated by commas, e.g. 8,9,10,11")
+        return [int(part) for part in parts]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"

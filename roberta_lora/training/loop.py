@@ -158,7 +158,8 @@ def _train(config: TrainConfig, spec: TaskSpec, run_dir: Path, accelerator: Acce
 
     loader, sampler = train_loader(data.train, tokenizer, config.batch_size, config.seed, config.group_by_length,
                                    config.num_workers)
-    optimizer = build_optimizer(model, config.optim, config.learning_rate, config.weight_decay)
+    optimizer = build_optimizer(model, config.optim, config.learning_rate, config.weight_decay,
+                                config.loraplus_lr_ratio)
     unwrapped = model  # what is saved: never the compiled or distributed wrapper
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -370,7 +371,8 @@ def build_model(config: TrainConfig, spec: TaskSpec) -> LoraWrapperRoberta:
         targets=config.targets, train_biases=config.train_biases, train_embeddings=config.train_embeddings,
         train_layer_norms=config.train_layer_norms, head=config.head, head_dropout=config.head_dropout,
         label_names=list(spec.label_names), seed=config.seed, attn_implementation=config.attn_implementation,
-        task=spec.name, method=config.method, **extra,
+        task=spec.name, method=config.method, use_rslora=config.use_rslora, use_dora=config.use_dora,
+        init_lora_weights=config.init_lora_weights, layers_to_transform=config.layer_indexes(), **extra,
     )
 
 

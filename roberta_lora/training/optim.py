@@ -17,9 +17,13 @@ from torch import nn
 from roberta_lora.model.quantization import check_qlora_options
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups over the trainable parameters: matrices (>= 2 dims) decay, the rest does not.
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                     loraplus_lr_ratio: float | None = None) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters: matrices (>= 2 dims) decay, the rest does not.
 
+    With `loraplus_lr_ratio` (LoRA+, Hayou et al. 2024) the LoRA B factors form their own group at
+    `lr * loraplus_lr_ratio`; everything else keeps `lr`. (PEFT's `create_loraplus_optimizer` also raises
+    every 1-D parameter, biases and LayerNorms included, to B's rate; here only B, as in the paper.)
     Empty groups are left out.
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -27,6 +31,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ids = {id(p) for p in decay}
     no_decay = [p for _, p in named if id(p) not in ids]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if loraplus_lr_ratio is not None:
+        if lr is None:
+            raise ValueError("parameter_groups: loraplus_lr_ratio needs lr")
+        factors_b = {id(p) for name, p in named if name.endswith(".lora_B.weight")}
+        groups = [{**group, "params": [p for p in group["params"] if id(p) not in factors_b], "lr": lr}
+                  for group in groups]
+        groups.append({"params": [p for _, p in named if id(p) in factors_b], "weight_decay": weight_decay,
+                       "lr": lr * loraplus_lr_ratio})
     return [group for group in groups if group["params"]]
 
 
@@ -35,12 +47,12 @@ def _is_norm_or_embedding(model: nn.Module, name: str) -> bool:
     return isinstance(owner, (nn.LayerNorm, nn.Embedding))
 
 
-def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 5e-4,
-                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 5e-4, weight_decay: float = 0.0,
+                    loraplus_lr_ratio: float | None = None) -> torch.optim.Optimizer:
     """AdamW ("adamw", torch's), or bitsandbytes' "adamw_8bit" / "paged_adamw_8bit" (QLoRA's paged
-    optimizer; CUDA only, checked first), over `parameter_groups(model, weight_decay)`."""
+    optimizer; CUDA only, checked first), over `parameter_groups(model, weight_decay, lr, loraplus_lr_ratio)`."""
     check_qlora_options(None, name)
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, lr, loraplus_lr_ratio)
     if name == "adamw":
         # The fused kernel is a single launch per step on CUDA; on CPU the default is as fast.
         return torch.optim.AdamW(groups, lr=lr, fused=torch.cuda.is_available() or None)
