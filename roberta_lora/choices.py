@@ -11,8 +11,10 @@ from __future__ import annotations
 METHODS = ("lora", "head", "full")
 # GLUE heads: "light" (LayerNorm -> dropout -> Linear on <s>) or transformers' RobertaClassificationHead.
 HEAD_KINDS = ("light", "roberta")
-# How LoRA's A starts (B starts at zero): PEFT's init_lora_weights names (lora.variants).
-LORA_INITS = ("kaiming", "gaussian")
+# How LoRA's factors start: PEFT's init_lora_weights names (lora.variants). kaiming / gaussian: B = 0;
+# pissa / olora: from the base weight's SVD / QR, whose part the layer then subtracts from the base.
+LORA_INITS = ("kaiming", "gaussian", "pissa", "olora")
+LORA_INITS_FROM_BASE = ("pissa", "olora")
 # Adapter task types: a GLUE classification / regression head, or the SQuAD span head.
 TASK_TYPES = ("glue", "squad_v1", "squad_v2")
 # GLUE-style metric names a task file may list (evaluation.metrics implements exactly these).

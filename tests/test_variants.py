@@ -213,9 +213,9 @@ def test_init_from_an_adapter_of_another_variant_is_refused(mixed, tiny_model_di
 
 # ----------------------------------------------------------------------------- training: the CLI and LoRA+
 def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path) -> None:
-    from fixtures_glue import write_glue_fixture
-
     from roberta_lora.cli.main import main
+
+    from fixtures_glue import write_glue_fixture
 
     write_glue_fixture(tmp_path / "glue", "sst2", n_train=32, n_dev=16)
     run = tmp_path / "run"
@@ -247,3 +247,78 @@ def test_loraplus_gives_b_its_own_learning_rate_and_nothing_else(tiny_model_dir)
         n for n in by_lr if n.endswith("lora_B.weight")}
     assert all(lr == pytest.approx(1e-3) for n, (lr, _) in by_lr.items() if not n.endswith("lora_B.weight"))
     assert sum(len(g["params"]) for g in plain.param_groups) == len(by_lr)  # the same parameters, regrouped
+
+
+# ----------------------------------------------------------------------------- PiSSA and OLoRA: starts taken from the base
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_pissa_or_olora_start_is_peft_s_and_the_layer_starts_as_the_base(tiny_model_dir, init) -> None:
+    ours = LoraWrapperRoberta(model_id=str(tiny_model_dir), num_classes=2, head="roberta", init_lora_weights=init,
+                              lora_rank=4, lora_alpha=8).eval()
+    plain = LoraWrapperRoberta(model_id=str(tiny_model_dir), num_classes=2, head="roberta").eval()
+    base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    theirs = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, init_lora_weights=init,
+                                                       target_modules=["query", "value"]))
+    path = "encoder.layer.1.attention.self.value"
+    mine = lora_layers(ours.roberta)[path]
+    peft_layer = theirs.base_model.model.roberta.get_submodule(path)
+    torch.testing.assert_close(mine.lora_A.weight, peft_layer.lora_A["default"].weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mine.lora_B.weight, peft_layer.lora_B["default"].weight, atol=1e-6, rtol=0)
+    assert torch.equal(mine.base_layer.weight, lora_layers(plain.roberta)[path].base_layer.weight)  # base untouched
+    x = torch.randn(3, mine.in_features)
+    torch.testing.assert_close(mine(x), mine.base_layer(x), atol=1e-5, rtol=0)  # starts equal to the base
+
+
+@pytest.mark.parametrize(("init", "rslora"), [("pissa", False), ("olora", True)])
+def test_a_pissa_or_olora_adapter_saves_as_rank_2r_for_the_plain_base_and_goes_to_peft(tiny_model_dir, tmp_path,
+                                                                                     init, rslora) -> None:
+    from roberta_lora.adapters.bank import AdapterBank
+    from roberta_lora.adapters.merge import export_merged, load_merged
+
+    ours = trained_model(tiny_model_dir, seed=5, num_classes=3, head="roberta", init_lora_weights=init, lora_rank=4,
+                         lora_alpha=8, use_rslora=rslora)
+    ids, mask = batch()
+    (expected,) = outputs(ours, ids, mask)
+    ours.save_adapter(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert (config["lora_rank"], config["init_lora_weights"]) == (8, init)
+    assert config["lora_alpha"] == pytest.approx(8 * (2 ** 0.5 if rslora else 2))
+    loaded = LoraWrapperRoberta.from_adapter(tmp_path / "ours")
+    torch.testing.assert_close(outputs(loaded, ids, mask)[0], expected, atol=1e-5, rtol=0)
+    export_peft(tmp_path / "ours", tmp_path / "peft")
+    base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
+    theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    torch.testing.assert_close(peft_logits(theirs, ids, mask), expected, atol=1e-5, rtol=0)
+    # The live model switched away and back in a bank, merged, and with the adapter off.
+    bank = AdapterBank(ours)
+    bank.load_adapter(tmp_path / "ours", "copy")
+    bank.set_adapter("copy")
+    bank.set_adapter("default")
+    torch.testing.assert_close(outputs(bank.model, ids, mask)[0], expected, atol=1e-5, rtol=0)
+    export_merged(bank.model, tmp_path / "merged")
+    with torch.no_grad():
+        merged = load_merged(tmp_path / "merged").eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_peft_pissa_or_olora_adapter_imports_exactly(tiny_model_dir, tmp_path, init) -> None:
+    """PEFT saves such an adapter for its modified base (W - s B0 A0); the import recomputes the start from the
+    unmodified base, as PEFT did, and subtracts it. (PEFT's own conversion for the unmodified base,
+    path_initial_model_for_weight_conversion, leaves the classifier out of the file in peft 0.21.)"""
+    base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    theirs = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, init_lora_weights=init,
+                                                       target_modules=["query", "value"]))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in theirs.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    theirs.save_pretrained(tmp_path / "peft")
+    ids, mask = batch()
+    ours = import_peft(tmp_path / "peft", model_id=str(tiny_model_dir))
+    assert ours.adapter_config.init_lora_weights == init
+    torch.testing.assert_close(outputs(ours, ids, mask)[0], peft_logits(theirs.eval(), ids, mask), atol=1e-5, rtol=0)
+    ours.save_adapter(tmp_path / "ours")  # and saved for the unmodified base: rank 2r
+    back = LoraWrapperRoberta.from_adapter(tmp_path / "ours")
+    assert back.adapter_config.lora_rank == 8
+    torch.testing.assert_close(outputs(back, ids, mask)[0], peft_logits(theirs, ids, mask), atol=1e-5, rtol=0)

@@ -90,12 +90,12 @@ class AdapterBank(nn.Module):
     def get_config(self, name: str) -> AdapterConfig:
         """The configuration of adapter `name`."""
         self._require_known(name)
-        return self.model.adapter_config if name == self._active else self._configs[name]
+        return self.model.portable_adapter()[0] if name == self._active else self._configs[name]
 
     def adapter_tensors(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors of adapter `name` (for the active one: the model's live tensors, not copied)."""
         self._require_known(name)
-        return self.model.adapter_state_dict() if name == self._active else self._stored[name]
+        return self.model.portable_adapter()[1] if name == self._active else self._stored[name]
 
     def _require_known(self, name: str) -> None:
         if name not in self._configs:
@@ -149,8 +149,8 @@ class AdapterBank(nn.Module):
         self._require_known(name)
         if name == self._active:
             return
-        outgoing_config = self.model.adapter_config
-        outgoing = {n: t.detach().clone() for n, t in self.model.adapter_state_dict().items()}
+        outgoing_config, live = self.model.portable_adapter()  # PiSSA / OLoRA: the whole update, rank 2r
+        outgoing = {n: t.detach().clone() for n, t in live.items()}
         self.model.apply_adapter(self._configs[name], self._stored[name], source=f"adapter {name!r}")
         self._configs[self._active], self._stored[self._active] = outgoing_config, outgoing
         del self._stored[name]

@@ -111,7 +111,8 @@ def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model:
         "bias": "all" if config.train_biases else "none",
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": False,
-        "init_lora_weights": True if config.init_lora_weights == "kaiming" else config.init_lora_weights,
+        # PiSSA / OLoRA adapters are saved converted (a plain rank-2r update), as PEFT writes them: init True
+        "init_lora_weights": "gaussian" if config.init_lora_weights == "gaussian" else True,
         "inference_mode": True,
         "use_rslora": bool(config.use_rslora),
         "use_dora": bool(config.use_dora),
@@ -235,7 +236,9 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         train_embeddings=any(module_of.get(n) in EMBEDDING_TABLES for n in rest),
         head="roberta", head_dropout=0.1, label_names=list(label_names) if task_type == "glue" else [], task=task,
         use_rslora=bool(peft_config.get("use_rslora")), use_dora=bool(peft_config.get("use_dora")),
-        init_lora_weights="gaussian" if peft_config.get("init_lora_weights") == "gaussian" else "kaiming",
+        # PiSSA / OLoRA: the model recomputes PEFT's start from the base and subtracts it, as PEFT's modified base does
+        init_lora_weights=peft_init if (peft_init := peft_config.get("init_lora_weights")) in ("gaussian", "pissa",
+                                                                                             "olora") else "kaiming",
         layers_to_transform=layers,
     )
     _copy_into(model, tensors, peft_dir)
@@ -293,11 +296,11 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     if unsupported:
         raise AdapterError(f"the PEFT adapter uses {unsupported}, which our format cannot represent exactly")
     init = peft_config.get("init_lora_weights", True)
-    if init not in (True, False, "gaussian"):
+    if init not in (True, False, "gaussian", "pissa", "olora"):
         raise AdapterError(
-            f"the PEFT adapter was initialised with init_lora_weights={init!r}, which changes the base weights, so it "
-            "only works on PEFT's modified base; save it with PEFT's path_initial_model_for_weight_conversion (a plain "
-            "LoRA adapter for the unmodified base) and import that")
+            f"the PEFT adapter was initialised with init_lora_weights={init!r}, which changes the base weights in a way "
+            "that cannot be recomputed here, so it only works on PEFT's modified base; save it with PEFT's "
+            "path_initial_model_for_weight_conversion (a plain LoRA adapter for the unmodified base) and import that")
     expected = {"SEQ_CLS": "glue", "QUESTION_ANS": "squad"}.get(peft_task)
     if expected is None:
         raise AdapterError(f"PEFT task_type {peft_task!r} is not supported; expected SEQ_CLS "

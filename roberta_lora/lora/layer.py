@@ -24,10 +24,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from roberta_lora.errors import ConfigError
-from roberta_lora.lora.variants import LoraVariant, init_factors, scaling, variant_named
+from roberta_lora.lora.variants import (
+    CHANGES_BASE,
+    LoraVariant,
+    init_factors,
+    initial_factors,
+    portable_factors,
+    scaling,
+    variant_named,
+)
 
 _MASK_LEVELS = 1 << 16  # resolution of the CPU dropout mask: one 16-bit random draw per element
 
@@ -85,7 +94,9 @@ class LoraLinear(nn.Module):
         generator: optional RNG for the initial draw of A, so building is reproducible.
         variant: "lora" or "dora" (`lora.variants.VARIANTS`).
         use_rslora: scale by alpha / sqrt(rank) (rsLoRA).
-        init: "kaiming" (default) or "gaussian": how A is drawn (B starts at zero either way).
+        init: "kaiming" (default) or "gaussian": how A is drawn (B starts at zero); "pissa" or "olora": A and B
+            start from the base weight, and the layer subtracts that start (`lora.variants`), so it begins
+            equal to the base.
     """
 
     def __init__(
@@ -123,6 +134,11 @@ class LoraLinear(nn.Module):
         weight = base_layer.weight
         if self.variant.extra_tensors:
             self._require_float_base(f"use the {self.variant.name!r} variant on")
+        if init in CHANGES_BASE:
+            self._require_float_base(f"start a {init!r} initialisation from")
+            if self.variant.name != "lora":
+                raise ConfigError(f"init_lora_weights={init!r} with the {self.variant.name!r} variant is not supported; "
+                                  "use it with plain LoRA (rsLoRA is fine)")
         # Quantized weights are stored as integers; the LoRA factors stay in full precision.
         factory = {"device": weight.device, "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
         self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)  # weight: (r, in)
@@ -135,9 +151,19 @@ class LoraLinear(nn.Module):
 
     @torch.no_grad()
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw A for `init`, B = 0 (`lora.variants.init_factors`), and (re)build the variant's own
-        parameters for that start (DoRA: the magnitude = the base weight's row norms)."""
-        init_factors(self.lora_A.weight, self.lora_B.weight, self.init, generator)
+        """Draw A for `init`, B = 0 (`lora.variants.init_factors`), or start both from the base weight (PiSSA,
+        OLoRA: frozen copies kept as `lora_A_initial` / `lora_B_initial`, subtracted in forward); then (re)build
+        the variant's own parameters for that start (DoRA: the magnitude = the base weight's row norms)."""
+        self.register_buffer("lora_A_initial", None, persistent=False)
+        self.register_buffer("lora_B_initial", None, persistent=False)
+        if self.init in CHANGES_BASE and not self.lora_A.weight.is_meta:
+            initial_a, initial_b = initial_factors(self.base_layer.weight, self.rank, self.scaling, self.init)
+            self.lora_A.weight.copy_(initial_a)
+            self.lora_B.weight.copy_(initial_b)
+            self.lora_A_initial = self.lora_A.weight.detach().clone()
+            self.lora_B_initial = self.lora_B.weight.detach().clone()
+        elif self.init not in CHANGES_BASE:
+            init_factors(self.lora_A.weight, self.lora_B.weight, self.init, generator)
         for name, parameter in self.variant.create_extra(self.base_layer.weight, self.lora_A.weight,
                                                          self.lora_B.weight, self.scaling).items():
             setattr(self, name, parameter)
@@ -149,8 +175,21 @@ class LoraLinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a dense matrix (out, in): merged weight = base weight + this (`lora.variants`)."""
-        return self.variant.delta_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight,
-                                         self.scaling, self.extra)
+        delta = self.variant.delta_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight,
+                                          self.scaling, self.extra)
+        if self.lora_A_initial is not None:
+            delta = delta - (self.lora_B_initial @ self.lora_A_initial) * self.scaling
+        return delta
+
+    def portable_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) giving this layer's update on the unmodified base: rank 2r after a PiSSA / OLoRA start."""
+        return portable_factors(self.lora_A.weight.detach(), self.lora_B.weight.detach(), self.lora_A_initial,
+                                self.lora_B_initial)
+
+    def forget_initial(self) -> None:
+        """Drop the PiSSA / OLoRA start: the factors now hold a whole adapter (one loaded from a file)."""
+        self.lora_A_initial = None
+        self.lora_B_initial = None
 
     def lora_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """x in the factors' dtype, with dropout's keep-mask applied when training, and the factor
@@ -167,8 +206,12 @@ class LoraLinear(nn.Module):
         # The base layer sees x as (tokens, in), so an nn.Linear returns a plain (tokens, out)
         # tensor rather than a view, and the update can be accumulated into it in place (see
         # add_update). Linear layers act row by row, so flattening the leading dims changes nothing.
-        result = self.base_layer(x.reshape(-1, self.in_features))  # (tokens, out)
+        flat = x.reshape(-1, self.in_features)
+        result = self.base_layer(flat)  # (tokens, out)
         if not self.merged:
+            if self.lora_A_initial is not None:  # PiSSA / OLoRA: the start, taken out of the base (no dropout)
+                start = F.linear(F.linear(flat.to(self.lora_A_initial.dtype), self.lora_A_initial), self.lora_B_initial)
+                result = result - (start * self.scaling).to(result.dtype)
             hidden, extra_scale = self._branch_hidden(x)  # (..., r)
             result = self.add_update(result, hidden.reshape(-1, self.rank), extra_scale)
         return result.view(*x.shape[:-1], self.out_features)
@@ -242,6 +285,6 @@ class LoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         options = (f", variant={self.variant.name}" if self.variant.name != "lora" else "") + (
-            ", rslora" if self.use_rslora else "")
+            ", rslora" if self.use_rslora else "") + (f", init={self.init}" if self.init != "kaiming" else "")
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
                 f"dropout={self.dropout:g}{options}, merged={self.merged}")

@@ -18,9 +18,15 @@ compute):
 A path that cannot compute a variant says so (`require`), naming the variant and what to do: never
 is an adapter of one variant computed as another.
 
-Scaling (`scaling`) and initialisation (`init_factors`) are options of every variant:
+Scaling (`scaling`) and initialisation (`init_factors`, `initial_factors`) are options of every variant:
 `use_rslora` divides by sqrt(r) instead of r; `init_lora_weights` is "kaiming" (A Kaiming-uniform,
-B = 0, PEFT's default) or "gaussian" (A ~ N(0, 1/r), B = 0, PEFT's "gaussian").
+B = 0, PEFT's default), "gaussian" (A ~ N(0, 1/r), B = 0), or "pissa" / "olora", which start A and B
+from the base weight (its top-r singular directions; its QR factors) and take that part out of the
+base: PEFT rewrites the base weight to W - s B0 A0; here the base stays as it is and the layer keeps
+B0, A0 frozen and subtracts s B0 A0 x (the same function, and the plain base is never lost). What such
+an adapter adds to the *unmodified* base is s (B A - B0 A0) = s [B, -B0] [A; A0]: a plain LoRA of rank
+2r, which is what its file holds (`portable_factors`; PEFT's `path_initial_model_for_weight_conversion`
+conversion, the same doubling of r and alpha).
 """
 
 from __future__ import annotations
@@ -32,12 +38,47 @@ import torch
 from torch import nn
 
 from roberta_lora.choices import LORA_INITS as INIT_CHOICES
+from roberta_lora.choices import LORA_INITS_FROM_BASE
 from roberta_lora.errors import ConfigError
 
 
 def scaling(alpha: float, rank: int, use_rslora: bool = False) -> float:
     """What multiplies B A: alpha / r, or alpha / sqrt(r) under rsLoRA (Kalajdzievski 2023)."""
     return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+CHANGES_BASE = LORA_INITS_FROM_BASE  # inits whose start is a part of the base weight, subtracted again
+
+
+@torch.no_grad()
+def initial_factors(base_weight: torch.Tensor, rank: int, scale: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A0 (r, in), B0 (out, r)) in float32 for "pissa" (s B0 A0 = the top-r singular part of W, PEFT's
+    `pissa_init`) or "olora" (B0, A0 = the first r columns / rows of W's QR factors, PEFT's `olora_init`)."""
+    weight = base_weight.detach().to(torch.float32)
+    if init == "pissa":
+        left, singular, right = torch.linalg.svd(weight, full_matrices=False)
+        root = torch.sqrt(singular[:rank] / scale)
+        return root[:, None] * right[:rank], left[:, :rank] * root[None, :]
+    if init == "olora":
+        q, r = torch.linalg.qr(weight)
+        return r[:rank].contiguous(), q[:, :rank].contiguous()
+    raise ConfigError(f"init_lora_weights={init!r} does not start from the base weight; expected one of "
+                      f"{list(CHANGES_BASE)}")
+
+
+def portable_factors(weight_a: torch.Tensor, weight_b: torch.Tensor, initial_a: torch.Tensor | None,
+                     initial_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors that give the layer's update on the unmodified base: [A; A0] and [B, -B0] (rank 2r) for a
+    PiSSA / OLoRA start, (A, B) otherwise. Used with the scale of `portable_alpha`."""
+    if initial_a is None or initial_b is None:
+        return weight_a, weight_b
+    return (torch.cat([weight_a, initial_a.to(weight_a.dtype)], dim=0),
+            torch.cat([weight_b, -initial_b.to(weight_b.dtype)], dim=1))
+
+
+def portable_alpha(alpha: float, use_rslora: bool) -> float:
+    """The alpha that keeps the scale for twice the rank: 2 alpha, or sqrt(2) alpha under rsLoRA (PEFT's rule)."""
+    return float(alpha) * (math.sqrt(2.0) if use_rslora else 2.0)
 
 
 @torch.no_grad()
@@ -48,8 +89,9 @@ def init_factors(weight_a: torch.Tensor, weight_b: torch.Tensor, init: str,
     A is drawn on the CPU in float32 and then moved to the factors' device and dtype, so a CPU generator
     works, and gives the same A whatever the base's device (CUDA for QLoRA, meta for skeletons).
     """
-    if init not in INIT_CHOICES:
-        raise ConfigError(f"init_lora_weights={init!r}; expected one of {list(INIT_CHOICES)}")
+    if init not in INIT_CHOICES or init in CHANGES_BASE:
+        raise ConfigError(f"init_lora_weights={init!r}; expected kaiming or gaussian here ({list(CHANGES_BASE)} "
+                          "start from the base weight: initial_factors)")
     if weight_a.is_meta and generator is None:  # shapes only (adapter skeletons): leave the global RNG alone
         return
     draw = torch.empty(weight_a.shape, dtype=torch.float32)  # on the CPU, where `generator` draws

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.choices import HEAD_KINDS, LORA_INITS, METHODS, TASK_TYPES, has_visible_text
+from roberta_lora.choices import (
+    HEAD_KINDS,
+    LORA_INITS,
+    LORA_INITS_FROM_BASE,
+    METHODS,
+    TASK_TYPES,
+    has_visible_text,
+)
 from roberta_lora.errors import AdapterError, ConfigError, first_line
 from roberta_lora.fileio import link_out_of, read_safetensors_header, restore_interrupted_replace, strict_json
 from roberta_lora.lora.targets import MODEL_TYPES, resolve_targets
@@ -72,7 +79,9 @@ class AdapterConfig:
         `evaluate` and `predict` so they see inputs exactly as training did.
     use_rslora: scale the update by lora_alpha / sqrt(lora_rank) (rsLoRA) instead of lora_alpha / lora_rank.
     use_dora: DoRA (weight-decomposed LoRA: a trained magnitude per output feature; `lora.variants`).
-    init_lora_weights: how A started, "kaiming" or "gaussian" (B started at zero); informational once trained.
+    init_lora_weights: how the factors started: "kaiming" or "gaussian" (B = 0), "pissa" or "olora" (from the
+        base weight; the file then holds the equivalent rank-2r update for the unmodified base). Read only when
+        training starts; informational in a saved adapter.
     layers_to_transform: the layer indexes that carry LoRA (None: every layer), PEFT's name.
     PEFT's names throughout, so a PEFT user reads the file as their own.
     """
@@ -143,6 +152,9 @@ class AdapterConfig:
         if self.init_lora_weights not in LORA_INITS:
             problems.append(f"init_lora_weights={self.init_lora_weights!r} (expected one of {list(LORA_INITS)})")
         problems += _layers_problems(self.layers_to_transform)
+        if self.init_lora_weights in LORA_INITS_FROM_BASE and self.use_dora:
+            problems.append(f"init_lora_weights={self.init_lora_weights!r} with use_dora (not supported together; use "
+                            "it with plain LoRA)")
         if self.method != "lora" and (self.use_dora or self.use_rslora or self.layers_to_transform is not None):
             problems.append(f"use_dora / use_rslora / layers_to_transform apply to LoRA, not method={self.method!r}")
         if problems:

@@ -24,9 +24,9 @@ _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", *(f".{name}" for name in E
 
 
 def lora_options(config: AdapterConfig) -> dict[str, Any]:
-    """What `inject_lora` needs besides targets, rank, alpha and dropout: the variant and its options."""
-    return {"variant": config.variant, "use_rslora": config.use_rslora, "init": config.init_lora_weights,
-            "layers": config.layers_to_transform}
+    """What `inject_lora` needs besides targets, rank, alpha and dropout to build layers that hold `config`'s
+    tensors: the variant and its options. Not the initialisation, which only a new training run asks for."""
+    return {"variant": config.variant, "use_rslora": config.use_rslora, "layers": config.layers_to_transform}
 
 
 def adapter_parameters(encoder: nn.Module, head: nn.Module, config: AdapterConfig) -> dict[str, nn.Parameter]:

@@ -35,10 +35,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from roberta_lora._version import __version__
-from roberta_lora.choices import TASK_TYPES
+from roberta_lora.choices import LORA_INITS_FROM_BASE, TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.lora.injection import inject_lora, lora_layers, rewrap_lora, strip_lora, unwrap_lora
 from roberta_lora.lora.targets import resolve_targets
+from roberta_lora.lora.variants import portable_alpha
 from roberta_lora.model.adapter_files import (
     base_fingerprint,
     check_tensors,
@@ -51,6 +52,7 @@ from roberta_lora.model.base import BaseSpec, load_base_encoder, take_pooler
 from roberta_lora.model.config import (
     CONFIG_NAME,
     MAX_CONFIG_BYTES,
+    MAX_LORA_RANK,
     WEIGHTS_NAME,
     AdapterConfig,
     head_attribute,
@@ -166,7 +168,7 @@ class LoraWrapperRoberta(nn.Module):
         if config.method == "lora":
             self.replaced_modules = inject_lora(
                 self.roberta, config.targets, config.lora_rank, config.lora_alpha, config.lora_dropout, generator,
-                **lora_options(config),
+                init=config.init_lora_weights, **lora_options(config),
             )
         logger.info("LoRA (r=%d) on %d modules: %s ...", config.lora_rank, len(self.replaced_modules),
                     self.replaced_modules[:2])
@@ -205,6 +207,22 @@ class LoraWrapperRoberta(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly the tensors the adapter's file holds (those `freeze_base` makes trainable), not copied."""
         return {n: p.detach() for n, p in adapter_parameters(self.roberta, self.head_module, self._adapter_config).items()}
+
+    def portable_adapter(self) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+        """(config, tensors) of the adapter as its file holds it: what it adds to the unmodified base. The live
+        tensors (`adapter_state_dict`), except after a PiSSA / OLoRA start, whose update s (B A - B0 A0) is saved
+        as the rank-2r LoRA [B, -B0] [A; A0] with alpha doubled (sqrt(2) x under rsLoRA), as PEFT converts it."""
+        tensors = self.adapter_state_dict()
+        layers = lora_layers(self.roberta)
+        if not any(layer.lora_A_initial is not None for layer in layers.values()):
+            return self._adapter_config, tensors
+        portable = dict(tensors)
+        for path, layer in layers.items():
+            weight_a, weight_b = layer.portable_factors()
+            portable[f"roberta.{path}.lora_A.weight"], portable[f"roberta.{path}.lora_B.weight"] = weight_a, weight_b
+        config = self._adapter_config
+        return replace(config, lora_rank=2 * config.lora_rank,
+                       lora_alpha=portable_alpha(config.lora_alpha, config.use_rslora)), portable
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Alias of `adapter_state_dict` (the tensors an adapter file holds)."""
@@ -586,6 +604,8 @@ class LoraWrapperRoberta(nn.Module):
                     live_base[plain].copy_(tensor)
             for name, tensor in tensors.items():
                 live[name].copy_(tensor)
+        for layer in lora_layers(self.roberta).values():
+            layer.forget_initial()  # a loaded adapter is whole: no PiSSA / OLoRA start to take out
         if was_merged:
             self.merge_adapter()
         self.train(self.training)  # rebuilt modules start in train mode; follow the model's mode
@@ -629,8 +649,9 @@ class LoraWrapperRoberta(nn.Module):
         self._require_enabled("save the adapter")
         directory = Path(directory)
         _check_adapter_destination(directory)
-        config = replace(self._adapter_config, metrics=dict(metrics or self._adapter_config.metrics))
-        save_adapter_files(directory, self.adapter_state_dict(), config, extra_files)
+        config, tensors = self.portable_adapter()
+        config = replace(config, metrics=dict(metrics or config.metrics))
+        save_adapter_files(directory, tensors, config, extra_files)
         return directory
 
     def load_adapter(
@@ -701,7 +722,8 @@ class LoraWrapperRoberta(nn.Module):
             quantize=quantize,
             use_rslora=config.use_rslora,
             use_dora=config.use_dora,
-            init_lora_weights=config.init_lora_weights,
+            # PiSSA / OLoRA only start a run; the file holds the whole update for the unmodified base
+            init_lora_weights="kaiming" if config.init_lora_weights in LORA_INITS_FROM_BASE else config.init_lora_weights,
             layers_to_transform=config.layers_to_transform,
         )
         model.load_adapter(directory, allow_base_mismatch=allow_base_mismatch)
@@ -805,6 +827,12 @@ def _adapter_config_of(**args: Any) -> AdapterConfig:
         config.validate()
     except ConfigError as error:
         problems.append(str(error).removeprefix("invalid adapter configuration: "))
+    if args["quantize"] not in (None, "none") and init in LORA_INITS_FROM_BASE:
+        problems.append(f"init_lora_weights={init!r} starts from the base weight, which a {args['quantize']} base "
+                        "holds quantized (use kaiming or gaussian with quantize)")
+    if init in LORA_INITS_FROM_BASE and lora_rank > MAX_LORA_RANK // 2:
+        problems.append(f"init_lora_weights={init!r} saves a rank-{2 * lora_rank} adapter; lora_rank must be at most "
+                        f"{MAX_LORA_RANK // 2}")
     if args["quantize"] not in (None, "none") and flags["use_dora"]:
         problems.append(f"use_dora=True reads the base weight, which a {args['quantize']} base holds quantized "
                         "(use plain LoRA with quantize, or drop quantize)")

@@ -20,6 +20,7 @@ from roberta_lora.choices import (
     COMPILE_BACKENDS,
     HEAD_KINDS,
     LORA_INITS,
+    LORA_INITS_FROM_BASE,
     METHODS,
     MIXED_PRECISION,
     OPTIMIZERS,
@@ -69,7 +70,7 @@ class TrainConfig:
     # --- LoRA variants (PEFT's names; lora/variants.py) ---
     use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
     use_dora: bool = False  # DoRA: a trained magnitude per output feature
-    init_lora_weights: str = "kaiming"  # kaiming | gaussian: how A starts (B starts at zero)
+    init_lora_weights: str = "kaiming"  # kaiming | gaussian (B = 0) | pissa | olora (from the base weight)
     layers_to_transform: str | None = None  # comma list of layer indexes that get LoRA ("8,9,10,11"); None = all
     loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate = this x the learning rate (None: the same)
     # --- loop ---
@@ -171,6 +172,9 @@ class TrainConfig:
                     if getattr(self, n) not in (None, False)]
             need(not used, f"{', '.join(used)} shape LoRA, but method={self.method!r} has none; drop them or use "
                  "--method lora")
+        need(not (self.init_lora_weights in LORA_INITS_FROM_BASE and (self.use_dora or self.quantize != "none")),
+             f"init_lora_weights={self.init_lora_weights!r} starts from the base weight: not with --use-dora or "
+             "--quantize; use kaiming or gaussian there")
         need(not (self.use_dora and self.quantize != "none"),
              f"use_dora with quantize={self.quantize!r}: DoRA reads the base weight, which a quantized base holds "
              "in 4/8 bits; use plain LoRA with --quantize, or drop --quantize")
