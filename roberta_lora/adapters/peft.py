@@ -367,6 +367,9 @@ def _layer_count(base: BaseSpec) -> int:
 def _copy_into(model: LoraWrapperRoberta, tensors: dict[str, torch.Tensor], source: Any) -> None:
     ours = model.adapter_state_dict()
     missing = [n for n in ours if is_lora_factor(n) and n not in tensors]
+    if missing and all(n.endswith(EXTRA_SUFFIXES) for n in missing):
+        raise AdapterError(f"{source}: adapter_config.json asks for use_dora=True but the file lacks the DoRA "
+                           f"magnitudes, e.g. {missing[:1]}; is the config from another adapter?")
     if missing:
         raise AdapterError(f"{source}: the PEFT adapter lacks LoRA tensors, e.g. {missing[:2]} "
                            f"(the base has {model.config.num_hidden_layers} layers; is it the right base?)")

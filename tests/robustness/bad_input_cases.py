@@ -917,7 +917,7 @@ def _merge_peft_cases() -> None:
             change(config)
             path.write_text(json.dumps(config))
         return setup
-    im("import-dora", ["--task", "sst2"], ("use_dora", "DoRA"), peft_config(lambda c: c.update(use_dora=True)),
+    im("import-dora-without-magnitudes", ["--task", "sst2"], ("use_dora", "DoRA", "lora_magnitude_vector"), peft_config(lambda c: c.update(use_dora=True)),
        peft="{ws}/peft_edit")
     im("import-rank-pattern", ["--task", "sst2"], "rank_pattern",
        peft_config(lambda c: c.update(rank_pattern={"query": 4})), peft="{ws}/peft_edit")
