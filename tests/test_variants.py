@@ -322,3 +322,30 @@ def test_a_peft_pissa_or_olora_adapter_imports_exactly(tiny_model_dir, tmp_path,
     back = LoraWrapperRoberta.from_adapter(tmp_path / "ours")
     assert back.adapter_config.lora_rank == 8
     torch.testing.assert_close(outputs(back, ids, mask)[0], peft_logits(theirs, ids, mask), atol=1e-5, rtol=0)
+
+
+def test_serve_answers_variant_adapters_in_one_mixed_batch_like_the_offline_predictor(tiny_model_dir, tmp_path) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    from roberta_lora.evaluation.predict import Predictor
+    from roberta_lora.serving.app import ServeConfig
+
+    from serve_helpers import API, RunningServer, assert_same, example
+    from serve_helpers import save_adapter as save_trained
+
+    specs = {"dora": {"use_dora": True, "num_classes": 2, "label_names": ["neg", "pos"]},
+             "rslora": {"use_rslora": True, "lora_rank": 4, "num_classes": 2, "label_names": ["neg", "pos"]},
+             "pissa": {"init_lora_weights": "pissa", "lora_rank": 2, "num_classes": 2, "label_names": ["neg", "pos"]},
+             "layers": {"layers_to_transform": [0], "use_dora": True, "num_classes": 2, "label_names": ["neg", "pos"]}}
+    dirs = {name: save_trained(tiny_model_dir, tmp_path / name, seed, **kwargs)
+            for seed, (name, kwargs) in enumerate(specs.items())}
+    config = ServeConfig(model=str(tiny_model_dir), adapters={n: str(d) for n, d in dirs.items()}, engine="mixed",
+                         api_key=API["Authorization"].removeprefix("Bearer "))
+    inputs = [example(name, i, kind="sst2") for i in range(4) for name in specs]
+    with RunningServer(config) as running, httpx.Client(base_url=running.url, timeout=30, headers=API) as client:
+        response = client.post("/predict", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    predictors = {name: Predictor(d, model_id=str(tiny_model_dir)) for name, d in dirs.items()}
+    for item, got in zip(inputs, response.json()["results"], strict=True):
+        assert_same(got, predictors[item["adapter"]].predict([item["text"]])[0])
