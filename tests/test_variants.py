@@ -11,10 +11,13 @@ from test_multi_adapter import batch, outputs, trained_model
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from roberta_lora.adapters.peft import export_peft, import_peft
+from roberta_lora.cli.main import main
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.injection import lora_layers
 from roberta_lora.lora.layer import LoraLinear
 from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+from fixtures_glue import write_glue_fixture
 
 peft = pytest.importorskip("peft")
 
@@ -212,10 +215,23 @@ def test_init_from_an_adapter_of_another_variant_is_refused(mixed, tiny_model_di
 
 
 # ----------------------------------------------------------------------------- training: the CLI and LoRA+
-def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path) -> None:
-    from roberta_lora.cli.main import main
+def test_train_from_the_cli_with_an_olora_start_saves_rank_2r(tiny_model_dir, tmp_path) -> None:
+    write_glue_fixture(tmp_path / "glue", "sst2", n_train=32, n_dev=16)
+    run = tmp_path / "run"
+    argv = ["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "glue"),
+            "--output-dir", str(run), "--no-progress", "--batch-size", "8", "--init-lora-weights", "olora",
+            "--rank", "2", "--cache-dir", str(tmp_path / "cache"), "--max-steps", "4", "--save-steps", "2"]
+    assert main(argv) == 0
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert (config["lora_rank"], config["init_lora_weights"]) == (4, "olora")
+    assert main(["evaluate", "--adapter", str(run / "adapter"), "--data-dir", str(tmp_path / "glue"),
+                 "--no-progress"]) == 0
+    # The checkpoint holds the live rank-2 factors (a resume rebuilds the same start from the base).
+    state = torch.load(run / "checkpoint" / "training_state.pt", weights_only=True)
+    assert {t.shape[0] for n, t in state["tensors"].items() if n.endswith("lora_A.weight")} == {2}
 
-    from fixtures_glue import write_glue_fixture
+
+def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path) -> None:
 
     write_glue_fixture(tmp_path / "glue", "sst2", n_train=32, n_dev=16)
     run = tmp_path / "run"
