@@ -18,6 +18,7 @@ one after another (or side by side), and `--report` writes the table and the plo
 
     python benchmarks/variants.py --threads 1                       # 5 tasks x 11 methods x 3 seeds
     python benchmarks/variants.py --methods lora,peft-lora --tasks sst2,rte --no-report   # one part
+    python benchmarks/variants.py --no-report --claims /tmp/claims &  # twice: two processes share one queue
     python benchmarks/variants.py --report                          # table + plot from results/variants.jsonl
     python benchmarks/variants.py --quick                           # SST-2, seed 0, 8 steps, 64 rows (to /tmp)
 """
@@ -99,7 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {list(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=250, help="optimizer steps of every run")
+    parser.add_argument("--steps", type=int, default=80,
+                        help="optimizer steps of every run (80 x 16 examples: what fits 165 runs in ~100 min on 2 cores)")
     parser.add_argument("--train-samples", type=int, default=2000,
                         help="rows drawn once per task (seeded by --subset-seed), the same for every method and seed")
     parser.add_argument("--subset-seed", type=int, default=1234, help="draws the training subset; not a run seed")
@@ -118,6 +120,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="the markdown table (default results/variants.md)")
     parser.add_argument("--plot", type=Path, default=None, help="the PNG (default results/variants.png)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--claims", type=Path, default=None,
+                        help="a folder shared by processes run side by side: each takes the next run nobody holds")
     parser.add_argument("--report", action="store_true", help="only write the table and the plot from --records")
     parser.add_argument("--no-report", action="store_true", help="only run (and append records)")
     parser.add_argument("--quick", action="store_true",
@@ -333,6 +337,37 @@ def matching(records: list[dict[str, Any]], args: argparse.Namespace) -> list[di
     return [r for r in records if all(r["settings"].get(k) == wanted[k] for k in SETTING_KEYS)]
 
 
+def claim(folder: Path, name: str, task: str, seed: int, args: argparse.Namespace) -> bool:
+    """Take (method, task, seed) for this process, so processes side by side (the same --claims folder) share
+    one queue: False when a live process holds it or its record is already written. A claim left by a process
+    that died is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{task}-{seed}"
+    recorded = any((r["method"], r["task"], r["seed"]) == (name, task, seed)
+                   for r in matching(read_records(args.records), args))
+    if recorded:
+        return False
+    try:
+        holder = int(path.read_text() or "0")
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if holder is not None:
+        try:
+            os.kill(holder, 0)
+            return False  # alive: it is running this one
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)  # it died before writing the record
+        except PermissionError:
+            return False
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
+
+
 def run_all(args: argparse.Namespace, workdir: Path) -> None:
     from roberta_lora.data.tasks import load_task
     from roberta_lora.sources import resolve_model
@@ -342,12 +377,14 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
     plan = [(m, t, s) for m in args.methods for t in args.tasks for s in args.seeds if (m, t, s) not in done]
     print(f"{len(plan)} run(s) to do, {len(done)} already in {args.records}")
     subsets: dict[str, dict[str, Any]] = {}
-    for number, (name, task, seed) in enumerate(tqdm(plan, desc="runs", unit="run")):
+    for name, task, seed in tqdm(plan, desc="runs", unit="run"):
+        if args.claims is not None and not claim(args.claims, name, task, seed, args):
+            continue  # another process side by side has it (or has done it)
         method = METHODS[name]
         data_dir = workdir / "glue"
         if task not in subsets:
             subsets[task] = write_subset(task, args.data_dir, data_dir, args.train_samples, args.subset_seed)
-        run_dir = workdir / "runs" / f"{number:03d}-{name}-{task}-{seed}"
+        run_dir = workdir / "runs" / f"{name}-{task}-{seed}"
         started = time.perf_counter()
         if method.side == "ours":
             found = run_ours(method, task, seed, data_dir, run_dir, workdir / "cache", args)

@@ -73,6 +73,22 @@ def test_the_training_subset_is_fixed_and_keeps_the_file_layout(tmp_path: Path) 
     assert (tmp_path / "a/MRPC/dev.tsv").read_bytes() == (tmp_path / "glue/MRPC/dev.tsv").read_bytes()
 
 
+def test_processes_side_by_side_share_one_queue(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    variants = load_script("variants")
+    args = variants.parse_args(["--records", str(tmp_path / "none.jsonl")])
+    claims = tmp_path / "claims"
+    assert variants.claim(claims, "lora", "rte", 0, args)
+    assert not variants.claim(claims, "lora", "rte", 0, args)  # held by a live process (this one)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (claims / "dora-rte-0").write_text(str(dead.pid))
+    assert variants.claim(claims, "dora", "rte", 0, args)  # its holder died without a record: taken over
+    assert (claims / "dora-rte-0").read_text() == str(os.getpid())
+
+
 def test_variants_runs_records_resumes_and_reports(tiny_bert: Path, tmp_path: Path) -> None:
     variants = load_script("variants")
     data = tmp_path / "glue"
