@@ -309,10 +309,15 @@ def run_peft(method: Method, task: str, seed: int, data_dir: Path, run_dir: Path
                       data_collator=DataCollatorWithPadding(tokenizer), optimizers=optimizers)
     with StepClock() as clock:
         trainer.train()
-    logits = trainer.predict(eval_set).predictions
-    logits = logits[0] if isinstance(logits, tuple) else logits  # (N, C)
+    # With train_sampling_strategy="group_by_length" the Trainer also feeds predict() in a shuffled
+    # length-grouped order, so the references are the label_ids it returns alongside, never the dataset's order.
+    output = trainer.predict(eval_set)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions  # (N, C)
+    references = np.asarray(output.label_ids)
+    if len(references) != len(eval_set) or not np.allclose(np.sort(references), np.sort(np.asarray(eval_set["labels"]))):
+        raise RuntimeError(f"predict() returned {len(references)} labels for {len(eval_set)} validation rows")
     predictions = logits[:, 0] if spec.kind == "regression" else logits.argmax(axis=-1)
-    metrics = compute_metrics(spec.metrics, predictions, np.asarray(eval_set["labels"]))
+    metrics = compute_metrics(spec.metrics, predictions, references)
     model.save_pretrained(run_dir / "adapter")
     return {"metrics": metrics, "trainable": peft_trainable(model),
             "adapter_bytes": (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size, **clock.summary()}
@@ -542,11 +547,23 @@ def report_body(records: list[dict[str, Any]], args: argparse.Namespace, table: 
         "beyond it (one setting per method, chosen before the run)."
     )
     lines = findings(table, tasks)
-    total = sum(r["run_seconds"] for r in records)
     return "\n\n".join([settings_text, markdown_table(["method", *headers], rows),
                         "## Findings\n\n" + ("\n".join(lines) if lines else "- (not enough runs yet)"),
-                        f"{len(records)} runs, {total / 60:.0f} minutes of run time in all. Plot: "
-                        f"`{args.plot.name}` ({len(tasks)}-task mean ± std per method)."]) + "\n"
+                        run_time_text(records) + f" Plot: `{args.plot.name}` ({len(tasks)}-task mean ± std per method)."
+                        ]) + "\n"
+
+
+def run_time_text(records: list[dict[str, Any]]) -> str:
+    """How long the runs took: summed, and on the clock from the first start to the last end."""
+    if not records:
+        return "No runs yet."
+    total = sum(r["run_seconds"] for r in records)
+    ends = [time.mktime(time.strptime(r["written"], "%Y-%m-%d %H:%M:%S")) for r in records]
+    span = max(ends) - min(end - r["run_seconds"] for end, r in zip(ends, records, strict=True))
+    loads = [float(r["load_average"].split(" / ")[0]) for r in records if r["load_average"] != "n/a"]
+    load = f", median 1-minute load average at the end of a run {statistics.median(loads):.1f}" if loads else ""
+    return (f"{len(records)} runs, {total / 60:.0f} minutes of run time in all, {span / 60:.0f} minutes from the "
+            f"first start to the last end{load}.")
 
 
 def plot(table: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
