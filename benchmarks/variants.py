@@ -494,6 +494,30 @@ def cell(stats: tuple[float, float, int] | None) -> str:
     return f"{mean:.2f} ± {std:.2f}" + ("" if n == 3 else f" (n={n})")
 
 
+def majority_scores(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, float]:
+    """Each task's main metric (x100) for always predicting the most frequent validation class: the floor a
+    run that learned nothing reaches (Matthews 0 for CoLA; Pearson is undefined for a constant, shown as 0)."""
+    from roberta_lora.data.readers import load_split
+    from roberta_lora.data.tasks import load_task
+    from roberta_lora.evaluation.metrics import compute_metrics
+
+    scores = {}
+    for task in tasks:
+        spec = load_task(task)
+        try:
+            validation = load_split(spec, spec.validation_splits[0], args.data_dir)
+        except Exception:  # noqa: BLE001 - the reference row is optional; a report without data still works
+            continue
+        labels = np.asarray(validation[spec.label_column])[: args.eval_samples]
+        if spec.kind == "regression":
+            scores[task] = 0.0
+            continue
+        values, counts = np.unique(labels, return_counts=True)
+        constant = np.full_like(labels, values[counts.argmax()])
+        scores[task] = 100 * compute_metrics([spec.main_metric], constant, labels)[spec.main_metric]
+    return scores
+
+
 def report_body(records: list[dict[str, Any]], args: argparse.Namespace, table: dict[str, dict[str, Any]]) -> str:
     tasks = args.tasks
     clock = "step_cpu" if args.threads == 1 else "step_wall"
@@ -501,10 +525,16 @@ def report_body(records: list[dict[str, Any]], args: argparse.Namespace, table: 
                "trainable params", "adapter file"])
     rows = []
     for name, row in table.items():
-        params = "/".join(f"{p:,}" for p in row["trainable"])
-        size = "/".join(f"{b / 1e6:.2f} MB" for b in row["adapter_bytes"])
+        # STS-B's head has one output, the others two: the lowest and highest count / size over the tasks
+        params = "–".join(dict.fromkeys(f"{p:,}" for p in (min(row["trainable"]), max(row["trainable"]))))
+        size = "–".join(dict.fromkeys(f"{b / 1e6:.2f}" for b in (min(row["adapter_bytes"]), max(row["adapter_bytes"]))))
+        size += " MB"
         rows.append([f"`{name}`"] + [cell(row["per_task"].get(t)) for t in tasks]
                     + [f"**{cell(row['mean'])}**", f"{row[clock]:.3f}", params, size])
+    floor = majority_scores(tasks, args)
+    if floor:
+        rows.append(["majority class (reference)"] + [f"{floor[t]:.2f}" if t in floor else "-" for t in tasks]
+                    + [f"{statistics.fmean(floor.values()):.2f}" if len(floor) == len(tasks) else "-", "-", "0", "-"])
     metric_names = {t: next((r["main_metric"] for r in records if r["task"] == t), "?") for t in tasks}
     subsets = {t: next((r for r in records if r["task"] == t), None) for t in tasks}
     data = "; ".join(f"{TASK_TITLES[t]} {s['train_rows']} of {s['train_rows_available']} rows (sha256 "

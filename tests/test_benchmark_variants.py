@@ -117,6 +117,7 @@ def test_variants_runs_records_resumes_and_reports(tiny_bert: Path, tmp_path: Pa
     assert len(records.read_text().splitlines()) == len(lines)
     header, rows = table_rows(output.read_text(), "method")
     assert header[:4] == ["method", "SST-2", "STS-B", "2-task mean"]
-    assert [row[0] for row in rows] == ["`lora`", "`peft-lora`", "`dora`", "`peft-loraplus`"]
+    assert [row[0] for row in rows] == ["`lora`", "`peft-lora`", "`dora`", "`peft-loraplus`", "majority class (reference)"]
+    assert rows[-1][1:3] == ["50.00", "0.00"]  # the fixture's labels alternate; STS-B's floor is shown as 0
     assert "Command: `python benchmarks/variants.py" in output.read_text()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
