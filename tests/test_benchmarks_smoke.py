@@ -231,3 +231,14 @@ def test_fingerprint_benchmark_times_both_versions(tmp_path: Path) -> None:
     assert header == ["size", "parameters", "fingerprint", "median ms", "peak memory rise MB"]
     assert [row[2].split()[0] for row in rows] == ["0.1", "0.2"]
     assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_input_checks_benchmark_reports_the_checks_against_the_step(tmp_path: Path) -> None:
+    output = tmp_path / "input_checks.md"
+    load_script("input_checks").main(["--size", "tiny", "--seq-lens", "16", "--steps", "1", "--calls", "5",
+                                      "--output", str(output)])
+    header, rows = table_rows(output.read_text(), "seq")
+    assert header == ["seq", "checks µs / forward", "training step CPU s", "checks / step"]
+    seq, check, step, ratio = rows[0]
+    assert seq == "16" and float(check) > 0 and float(step) > 0
+    assert float(ratio) == pytest.approx(float(check) * 1e-6 / float(step), rel=0.1)
