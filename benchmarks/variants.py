@@ -433,8 +433,11 @@ def summarize(records: list[dict[str, Any]], tasks: Sequence[str], methods: Sequ
         table[name] = {
             "per_task": per_task,
             "mean": (*mean_std(seed_means), len(seed_means)) if seed_means else None,
-            "step_cpu": statistics.median(r["step_cpu_median"] for r in runs),
-            "step_wall": statistics.median(r["step_wall_median"] for r in runs),
+            # every task weighs the same: the mean over tasks of each task's median (tasks differ 5x in length)
+            "step_cpu": statistics.fmean(statistics.median(r["step_cpu_median"] for r in runs if r["task"] == t)
+                                         for t in tasks if t in per_task),
+            "step_wall": statistics.fmean(statistics.median(r["step_wall_median"] for r in runs if r["task"] == t)
+                                          for t in tasks if t in per_task),
             "trainable": sorted({r["trainable"] for r in runs}),
             "adapter_bytes": sorted({r["adapter_bytes"] for r in runs}),
             "runs": len(runs),
@@ -540,11 +543,16 @@ def report_body(records: list[dict[str, Any]], args: argparse.Namespace, table: 
     data = "; ".join(f"{TASK_TITLES[t]} {s['train_rows']} of {s['train_rows_available']} rows (sha256 "
                      f"{s['train_sha256']}), {metric_names[t]}" for t, s in subsets.items() if s)
     s = settings(args)
-    threads_note = (f"{args.threads} torch thread(s) per run; s/step is the median, over a method's runs, of each "
-                    "run's median time between consecutive optimizer steps (torch's global post-step hook, the same "
-                    "clock on both sides: forward, backward, clipping, the step and fetching the next batch), on the "
-                    + ("process CPU clock (with one thread it is the work done and barely moves when other "
-                       "processes share the cores)." if args.threads == 1 else "wall clock."))
+    threads_note = (f"{args.threads} torch thread(s) per run; s/step: each run's median time between consecutive "
+                    "optimizer steps (torch's global post-step hook, the same clock on both sides: forward, backward, "
+                    "clipping, the step and fetching the next batch), the median over a task's seeds, then the mean "
+                    "over the tasks, on the "
+                    + ("process CPU clock (with one thread it is the work done; it moves less than the wall clock "
+                       "when other processes share the cores, but not nothing: caches are shared too)."
+                       if args.threads == 1 else "wall clock.")
+                    + " The methods ran one after another (two processes side by side), not interleaved, so the "
+                    "load differed between them: read step-time differences under ~20 % as noise; "
+                    "`benchmarks/step_time.py` is the interleaved speed comparison.")
     settings_text = (
         f"Model: `{s['model']}` (the packaged pretrained checkpoint, BERT family: 6 layers, hidden 384). "
         f"Every run: LoRA r={s['rank']}, alpha={s['alpha']:g}, dropout {s['dropout']:g} on query,value; "
