@@ -585,6 +585,12 @@ def report_body(records: list[dict[str, Any]], args: argparse.Namespace, table: 
         "beyond it (one setting per method, chosen before the run)."
     )
     lines = findings(table, tasks)
+    flat = [t for t in tasks if t in floor and all(row["per_task"].get(t, (math.inf,))[0] < floor[t] + 1
+                                                   for row in table.values() if t in row["per_task"])]
+    if flat and table:
+        lines.append(f"- At this budget no method gets more than 1 point above the majority class on "
+                     f"{', '.join(TASK_TITLES[t] for t in flat)}: those tasks are at the floor for every method and "
+                     f"say nothing about the variants; the differences come from the other tasks.")
     return "\n\n".join([settings_text, markdown_table(["method", *headers], rows),
                         "## Findings\n\n" + ("\n".join(lines) if lines else "- (not enough runs yet)"),
                         run_time_text(records) + f" Plot: `{args.plot.name}` ({len(tasks)}-task mean ± std per method)."
@@ -600,33 +606,36 @@ def run_time_text(records: list[dict[str, Any]]) -> str:
     span = max(ends) - min(end - r["run_seconds"] for end, r in zip(ends, records, strict=True))
     loads = [float(r["load_average"].split(" / ")[0]) for r in records if r["load_average"] != "n/a"]
     load = f", median 1-minute load average at the end of a run {statistics.median(loads):.1f}" if loads else ""
+    intervals = [(end - r["run_seconds"], end) for end, r in zip(ends, records, strict=True)]
+    # "written" has whole seconds: look 2 s after each start, so a run never overlaps the one before it by rounding
+    side_by_side = max(sum(start <= moment + 2 < stop for start, stop in intervals) for moment, _ in intervals)
     return (f"{len(records)} runs, {total / 60:.0f} minutes of run time in all, {span / 60:.0f} minutes from the "
-            f"first start to the last end{load}.")
+            f"first start to the last end, at most {side_by_side} runs at a time{load}.")
 
 
-def plot(table: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+def plot(table: dict[str, dict[str, Any]], path: Path, title: str, floor: float | None = None) -> Path:
+    """The 5-task mean ± std per method as points with error bars (the axis does not start at 0, so no bars),
+    with plain LoRA (ours) and, when known, the majority-class floor as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [n for n, row in table.items() if row["mean"]]
-    means = [table[n]["mean"][0] for n in names]
-    stds = [table[n]["mean"][1] for n in names]
-    colors = ["tab:orange" if METHODS[n].side == "peft" else "tab:blue" for n in names]
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    axis.bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
+    for x, name in enumerate(names):
+        mean, std, _ = table[name]["mean"]
+        axis.errorbar(x, mean, yerr=std, fmt="o", markersize=7, capsize=5,
+                      color="tab:orange" if METHODS[name].side == "peft" else "tab:blue")
     axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    if means:
-        low = min(m - s for m, s in zip(means, stds, strict=True))
-        high = max(m + s for m, s in zip(means, stds, strict=True))
-        axis.set_ylim(max(0.0, low - 3), high + 2)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="roberta-lora"),
+               plt.Line2D([], [], marker="o", linestyle="", color="tab:orange", label="PEFT + Trainer")]
     if "lora" in table and table["lora"]["mean"]:
-        axis.axhline(table["lora"]["mean"][0], color="gray", linestyle="--", linewidth=1, label="lora (ours, roberta head)")
-        axis.legend(handles=[*axis.get_legend_handles_labels()[0],
-                             plt.Rectangle((0, 0), 1, 1, color="tab:blue", label="roberta-lora"),
-                             plt.Rectangle((0, 0), 1, 1, color="tab:orange", label="PEFT + Trainer")],
-                    loc="lower right", fontsize=8)
+        handles.append(axis.axhline(table["lora"]["mean"][0], color="gray", linestyle="--", linewidth=1,
+                                    label="lora (ours, roberta head)"))
+    if floor is not None:
+        handles.append(axis.axhline(floor, color="black", linestyle=":", linewidth=1, label="majority class"))
+    axis.legend(handles=handles, loc="best", fontsize=8)
     axis.set_ylabel("mean of the task main metrics (x100)")
     axis.set_title(title, fontsize=10)
     axis.grid(axis="y", alpha=0.3)
@@ -642,8 +651,10 @@ def write_report(args: argparse.Namespace, argv: Sequence[str] | None) -> Path:
     records = [r for r in records if r["task"] in args.tasks and r["seed"] in args.seeds and r["method"] in args.methods]
     table = summarize(records, args.tasks, args.methods)
     body = report_body(records, args, table)
+    floor = majority_scores(args.tasks, args)
     plot(table, args.plot, f"LoRA variants on GLUE ({', '.join(TASK_TITLES[t] for t in args.tasks)}), "
-                           f"{args.model}, {args.steps} steps, mean ± std over seeds {args.seeds}")
+                           f"{args.model}, {args.steps} steps, mean ± std over seeds {args.seeds}",
+         statistics.fmean(floor.values()) if len(floor) == len(args.tasks) else None)
     header = (
         "# LoRA variants on GLUE: roberta-lora against plain LoRA and against PEFT\n\n"
         f"Command: `{command_line('variants.py', argv)}` (the runs were appended to `{args.records.name}` by the "
