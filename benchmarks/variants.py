@@ -1,4 +1,5 @@
-"""LoRA variants on real GLUE data: roberta-lora's rsLoRA, DoRA, gaussian init and LoRA+ against its plain LoRA,
+"""LoRA variants on real GLUE data: roberta-lora's rsLoRA, DoRA, gaussian, PiSSA and OLoRA
+initialisation and LoRA+ against its plain LoRA,
 and each against PEFT's implementation of the same variant, on the packaged pretrained all-MiniLM-L6-v2.
 
 Every run trains the same fixed random subset of a task's training split (the same rows for every method
@@ -7,8 +8,8 @@ then linear decay to 0), and is scored on the task's full validation split with 
 (roberta_lora.evaluation.metrics for both sides). Methods:
 
 - ours:  lora-light (plain LoRA, the tutorial's light head), lora (plain LoRA, "roberta" head), rslora, dora,
-         gaussian, loraplus (LoRA+, B's learning rate x16): `roberta_lora.training.loop.train(TrainConfig(...))`.
-- PEFT:  peft-lora, peft-rslora, peft-dora, peft-gaussian, peft-loraplus: `AutoModelForSequenceClassification`
+         gaussian, pissa, olora, loraplus (LoRA+, B's learning rate x16): `roberta_lora.training.loop.train(TrainConfig(...))`.
+- PEFT:  peft-lora, peft-rslora, peft-dora, peft-gaussian, peft-pissa, peft-olora, peft-loraplus: `AutoModelForSequenceClassification`
          (BertForSequenceClassification for MiniLM) + `peft.get_peft_model`, trained by transformers' `Trainer`
          (LoRA+ through `peft.optimizers.create_loraplus_optimizer`).
 
@@ -16,7 +17,7 @@ One JSON line per (method, task, seed) is appended to the records file as soon a
 record (with the same settings) is already there is skipped, so a part can be restarted, or several parts run
 one after another (or side by side), and `--report` writes the table and the plot from whatever is there.
 
-    python benchmarks/variants.py --threads 1                       # 5 tasks x 11 methods x 3 seeds
+    python benchmarks/variants.py --threads 1                       # 5 tasks x 15 methods x 3 seeds
     python benchmarks/variants.py --methods lora,peft-lora --tasks sst2,rte --no-report   # one part
     python benchmarks/variants.py --no-report --claims /tmp/claims &  # twice: two processes share one queue
     python benchmarks/variants.py --report                          # table + plot from results/variants.jsonl
@@ -65,7 +66,7 @@ class Method:
     head: str = "roberta"  # ours only; PEFT always has BertForSequenceClassification's pooler + classifier
     use_rslora: bool = False
     use_dora: bool = False
-    init: str = "kaiming"  # kaiming | gaussian (how A starts; B starts at zero)
+    init: str = "kaiming"  # kaiming | gaussian (A random, B zero) | pissa | olora (both from the base weight)
     loraplus: bool = False
 
 
@@ -80,12 +81,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("peft-rslora", "peft", use_rslora=True),
     Method("gaussian", "ours", init="gaussian"),
     Method("peft-gaussian", "peft", init="gaussian"),
+    Method("pissa", "ours", init="pissa"),
+    Method("peft-pissa", "peft", init="pissa"),
+    Method("olora", "ours", init="olora"),
+    Method("peft-olora", "peft", init="olora"),
     Method("loraplus", "ours", loraplus=True),
     Method("peft-loraplus", "peft", loraplus=True),
 )}
 # Ours -> PEFT's implementation of the same variant.
 ANCHORS = {"lora": "peft-lora", "rslora": "peft-rslora", "dora": "peft-dora", "gaussian": "peft-gaussian",
-           "loraplus": "peft-loraplus"}
+           "pissa": "peft-pissa", "olora": "peft-olora", "loraplus": "peft-loraplus"}
 TASK_TITLES = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
 # Settings that must be equal for a stored record to count as the same run.
 SETTING_KEYS = ("model", "steps", "train_samples", "subset_seed", "eval_samples", "batch_size", "eval_batch_size",
@@ -101,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {list(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=80,
-                        help="optimizer steps of every run (80 x 16 examples: what fits 165 runs in ~100 min on 2 cores)")
+                        help="optimizer steps of every run (80 x 16 examples: what fits 225 runs in ~3 h on 2 cores)")
     parser.add_argument("--train-samples", type=int, default=2000,
                         help="rows drawn once per task (seeded by --subset-seed), the same for every method and seed")
     parser.add_argument("--subset-seed", type=int, default=1234, help="draws the training subset; not a run seed")
@@ -268,7 +273,7 @@ def peft_model(method: Method, model_dir: str, num_labels: int, args: argparse.N
     config = peft.LoraConfig(
         task_type="SEQ_CLS", r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
         target_modules=["query", "value"], bias="all", modules_to_save=saved, use_rslora=method.use_rslora,
-        use_dora=method.use_dora, init_lora_weights="gaussian" if method.init == "gaussian" else True,
+        use_dora=method.use_dora, init_lora_weights=True if method.init == "kaiming" else method.init,
     )
     return peft.get_peft_model(model, config)
 
