@@ -36,7 +36,7 @@ from transformers import PretrainedConfig
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.fileio import atomic_write_bytes, atomic_write_text
 from roberta_lora.lora.targets import TARGET_PATHS, layout
-from roberta_lora.lora.variants import EXTRA_TENSOR_NAMES
+from roberta_lora.lora.variants import EXTRA_TENSOR_NAMES, init_from_peft, peft_init_value
 from roberta_lora.model.adapter_files import read_adapter_tensors
 from roberta_lora.model.base import BaseSpec, base_model_type
 from roberta_lora.model.config import MAX_CONFIG_BYTES, AdapterConfig, head_attribute, read_adapter_config
@@ -112,7 +112,7 @@ def to_peft(config: AdapterConfig, tensors: dict[str, torch.Tensor], base_model:
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": False,
         # PiSSA / OLoRA adapters are saved converted (a plain rank-2r update), as PEFT writes them: init True
-        "init_lora_weights": "gaussian" if config.init_lora_weights == "gaussian" else True,
+        "init_lora_weights": peft_init_value(config.init_lora_weights),
         "inference_mode": True,
         "use_rslora": bool(config.use_rslora),
         "use_dora": bool(config.use_dora),
@@ -237,8 +237,7 @@ def import_peft(peft_dir: str | Path, model_id: Any = None, task: str | None = N
         head="roberta", head_dropout=0.1, label_names=list(label_names) if task_type == "glue" else [], task=task,
         use_rslora=bool(peft_config.get("use_rslora")), use_dora=bool(peft_config.get("use_dora")),
         # PiSSA / OLoRA: the model recomputes PEFT's start from the base and subtracts it, as PEFT's modified base does
-        init_lora_weights=peft_init if (peft_init := peft_config.get("init_lora_weights")) in ("gaussian", "pissa",
-                                                                                             "olora") else "kaiming",
+        init_lora_weights=init_from_peft(peft_config.get("init_lora_weights", True)) or "kaiming",
         layers_to_transform=layers,
     )
     _copy_into(model, tensors, peft_dir)
@@ -296,7 +295,7 @@ def _resolve_task_type(peft_config: dict, task_type: str | None) -> str:
     if unsupported:
         raise AdapterError(f"the PEFT adapter uses {unsupported}, which our format cannot represent exactly")
     init = peft_config.get("init_lora_weights", True)
-    if init not in (True, False, "gaussian", "pissa", "olora"):
+    if init_from_peft(init) is None:
         raise AdapterError(
             f"the PEFT adapter was initialised with init_lora_weights={init!r}, which changes the base weights in a way "
             "that cannot be recomputed here, so it only works on PEFT's modified base; save it with PEFT's "

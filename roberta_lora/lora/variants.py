@@ -81,28 +81,63 @@ def portable_alpha(alpha: float, use_rslora: bool) -> float:
     return float(alpha) * (math.sqrt(2.0) if use_rslora else 2.0)
 
 
+def _kaiming(shape_a: tuple[int, int], shape_b: tuple[int, int],
+             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Kaiming-uniform (PEFT's default, as nn.Linear), B = 0."""
+    weight_a = torch.empty(shape_a, dtype=torch.float32)
+    nn.init.kaiming_uniform_(weight_a, a=math.sqrt(5), generator=generator)
+    return weight_a, torch.zeros(shape_b, dtype=torch.float32)
+
+
+def _gaussian(shape_a: tuple[int, int], shape_b: tuple[int, int],
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ~ N(0, 1/r) (PEFT's "gaussian"), B = 0."""
+    weight_a = torch.empty(shape_a, dtype=torch.float32)
+    nn.init.normal_(weight_a, mean=0.0, std=1.0 / shape_a[0], generator=generator)
+    return weight_a, torch.zeros(shape_b, dtype=torch.float32)
+
+
+# init name -> how it fills (A (r, in), B (out, r)) in float32 on the CPU; B A must start at zero (inits that start
+# from the base weight, CHANGES_BASE, are `initial_factors`). Adding an init = one function here, its name in
+# `choices.LORA_INITS` and in `PEFT_INIT`.
+ZERO_START_INITS = {"kaiming": _kaiming, "gaussian": _gaussian}
+# init name -> what PEFT's LoraConfig.init_lora_weights says for it (export writes it, import reads it back).
+PEFT_INIT: dict[str, object] = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+def init_from_peft(value: object) -> str | None:
+    """Our init name for PEFT's `init_lora_weights` value, or None when it has no equivalent here."""
+    if value is False:  # PEFT's "no LoRA init" (B random too, for tests): a trained file loads as any other
+        return "kaiming"
+    for name, peft_value in PEFT_INIT.items():
+        if type(peft_value) is type(value) and peft_value == value:
+            return name
+    return None
+
+
+def peft_init_value(init: str) -> object:
+    """PEFT's `init_lora_weights` for an adapter file written after an `init` start: a PiSSA / OLoRA adapter
+    is saved converted (a plain rank-2r update for the unmodified base, as PEFT writes it), hence True."""
+    return True if init in CHANGES_BASE else PEFT_INIT[init]
+
+
 @torch.no_grad()
 def init_factors(weight_a: torch.Tensor, weight_b: torch.Tensor, init: str,
                  generator: torch.Generator | None = None) -> None:
     """Fill A (r, in) and B (out, r) in place for `init`; the update B A starts at zero either way.
 
-    A is drawn on the CPU in float32 and then moved to the factors' device and dtype, so a CPU generator
-    works, and gives the same A whatever the base's device (CUDA for QLoRA, meta for skeletons).
+    The factors are drawn on the CPU in float32 and then moved to their device and dtype, so a CPU generator
+    works, and gives the same factors whatever the base's device (CUDA for QLoRA, meta for skeletons).
     """
-    if init not in INIT_CHOICES or init in CHANGES_BASE:
-        raise ConfigError(f"init_lora_weights={init!r}; expected kaiming or gaussian here ({list(CHANGES_BASE)} "
-                          "start from the base weight: initial_factors)")
+    fill = ZERO_START_INITS.get(init) if isinstance(init, str) else None
+    if fill is None or init not in INIT_CHOICES:
+        raise ConfigError(f"init_lora_weights={init!r}; expected one of {list(ZERO_START_INITS)} here "
+                          f"({list(CHANGES_BASE)} start from the base weight: initial_factors)")
     if weight_a.is_meta and generator is None:  # shapes only (adapter skeletons): leave the global RNG alone
         return
-    draw = torch.empty(weight_a.shape, dtype=torch.float32)  # on the CPU, where `generator` draws
-    if init == "kaiming":
-        nn.init.kaiming_uniform_(draw, a=math.sqrt(5), generator=generator)
-    else:
-        nn.init.normal_(draw, mean=0.0, std=1.0 / weight_a.size(0), generator=generator)
+    draw_a, draw_b = fill(tuple(weight_a.shape), tuple(weight_b.shape), generator)
     if weight_a.is_meta:  # the generator advanced as for a real base; nothing to fill
         return
-    weight_a.copy_(draw.to(device=weight_a.device, dtype=weight_a.dtype))
-    weight_b.zero_()
+    weight_a.copy_(draw_a.to(device=weight_a.device, dtype=weight_a.dtype))
+    weight_b.copy_(draw_b.to(device=weight_b.device, dtype=weight_b.dtype))
 
 
 class LoraVariant:

@@ -35,7 +35,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from roberta_lora._version import __version__
-from roberta_lora.choices import LORA_INITS_FROM_BASE, TASK_TYPES
+from roberta_lora.choices import LORA_INITS, LORA_INITS_FROM_BASE, TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.lora.injection import inject_lora, lora_layers, rewrap_lora, strip_lora, unwrap_lora
 from roberta_lora.lora.targets import resolve_targets
@@ -109,7 +109,8 @@ class LoraWrapperRoberta(nn.Module):
         quantize: None, "4bit" (NF4, bf16 compute) or "8bit": load the frozen base through bitsandbytes
             (needs CUDA); LoRA factors and the head stay in full precision.
         use_rslora: scale by lora_alpha / sqrt(lora_rank) (rsLoRA). use_dora: DoRA (a trained magnitude per
-            output feature). init_lora_weights: "kaiming" (default) or "gaussian". layers_to_transform: the
+            output feature). init_lora_weights: "kaiming" (default), "gaussian", "pissa" or "olora"
+            (`choices.LORA_INITS`). layers_to_transform: the
             layer indexes that get LoRA (None: all). PEFT's names and meanings; see `lora.variants`.
 
     Like any new nn.Module the model starts in train mode, and every submodule with it (the encoder
@@ -805,7 +806,7 @@ def _adapter_config_of(**args: Any) -> AdapterConfig:
     task = optional_text("task", "'sst2'")
     init = args["init_lora_weights"]
     if not isinstance(init, str):
-        init = bad("init_lora_weights", "'kaiming' or 'gaussian'", "kaiming")
+        init = bad("init_lora_weights", f"one of {list(LORA_INITS)}", "kaiming")
     layers = args["layers_to_transform"]
     if layers is not None:
         if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
