@@ -15,6 +15,8 @@ HEAD_KINDS = ("light", "roberta")
 # pissa / olora: from the base weight's SVD / QR, whose part the layer then subtracts from the base.
 LORA_INITS = ("kaiming", "gaussian", "pissa", "olora")
 LORA_INITS_FROM_BASE = ("pissa", "olora")
+# An init that needs the rank to be a multiple of something (absent: any rank).
+LORA_INIT_RANK_STEP: dict[str, int] = {}
 # Adapter task types: a GLUE classification / regression head, or the SQuAD span head.
 TASK_TYPES = ("glue", "squad_v1", "squad_v2")
 # GLUE-style metric names a task file may list (evaluation.metrics implements exactly these).

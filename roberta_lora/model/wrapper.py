@@ -35,7 +35,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from roberta_lora._version import __version__
-from roberta_lora.choices import LORA_INITS, LORA_INITS_FROM_BASE, TASK_TYPES
+from roberta_lora.choices import LORA_INIT_RANK_STEP, LORA_INITS, LORA_INITS_FROM_BASE, TASK_TYPES
 from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.lora.injection import inject_lora, lora_layers, rewrap_lora, strip_lora, unwrap_lora
 from roberta_lora.lora.targets import resolve_targets
@@ -831,6 +831,8 @@ def _adapter_config_of(**args: Any) -> AdapterConfig:
     if args["quantize"] not in (None, "none") and init in LORA_INITS_FROM_BASE:
         problems.append(f"init_lora_weights={init!r} starts from the base weight, which a {args['quantize']} base "
                         "holds quantized (use kaiming or gaussian with quantize)")
+    if isinstance(lora_rank, int) and lora_rank % (step := LORA_INIT_RANK_STEP.get(init, 1)):
+        problems.append(f"init_lora_weights={init!r} needs a lora_rank that is a multiple of {step}, got {lora_rank}")
     if init in LORA_INITS_FROM_BASE and lora_rank > MAX_LORA_RANK // 2:
         problems.append(f"init_lora_weights={init!r} saves a rank-{2 * lora_rank} adapter; lora_rank must be at most "
                         f"{MAX_LORA_RANK // 2}")

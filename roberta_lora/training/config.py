@@ -19,6 +19,7 @@ from roberta_lora.choices import (
     ATTN_IMPLEMENTATIONS,
     COMPILE_BACKENDS,
     HEAD_KINDS,
+    LORA_INIT_RANK_STEP,
     LORA_INITS,
     LORA_INITS_FROM_BASE,
     METHODS,
@@ -161,6 +162,10 @@ class TrainConfig:
             problems.append(str(error))
         need(self.init_lora_weights in LORA_INITS,
              f"init_lora_weights={self.init_lora_weights!r}: expected one of {list(LORA_INITS)}")
+        step = LORA_INIT_RANK_STEP.get(self.init_lora_weights, 1)
+        need(not isinstance(self.lora_rank, int) or self.lora_rank % step == 0,
+             f"init_lora_weights={self.init_lora_weights!r} needs a rank that is a multiple of {step}, got "
+             f"--rank {self.lora_rank}; pass e.g. --rank {max(step, self.lora_rank - self.lora_rank % step)}")
         try:
             self.layer_indexes()
         except ConfigError as error:
