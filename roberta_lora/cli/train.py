@@ -76,8 +76,8 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
                           help="rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r")
     variants.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=None,
                           help="DoRA: a trained magnitude per output feature (not with --quantize)")
-    variants.add_argument("--init-lora-weights", choices=LORA_INITS, help="how the factors start: kaiming (default) "
-                          "or gaussian (B = 0); pissa / olora: from the base weight (saved as a rank-2r adapter)")
+    variants.add_argument("--init-lora-weights", choices=LORA_INITS, help="how the factors start (PEFT's names; default "
+                          "kaiming): pissa / olora start from the base weight and save a rank-2r adapter")
     variants.add_argument("--layers-to-transform", help="LoRA only in these layers, e.g. 8,9,10,11 (default: all)")
     variants.add_argument("--loraplus-lr-ratio", type=float, help="LoRA+: B's learning rate = R x --lr (paper: 16)")
     trains = parser.add_argument_group("what trains besides LoRA (PEFT's bias=\"none\": --no-train-biases)")
