@@ -94,9 +94,9 @@ class LoraLinear(nn.Module):
         generator: optional RNG for the initial draw of A, so building is reproducible.
         variant: "lora" or "dora" (`lora.variants.VARIANTS`).
         use_rslora: scale by alpha / sqrt(rank) (rsLoRA).
-        init: "kaiming" (default) or "gaussian": how A is drawn (B starts at zero); "pissa" or "olora": A and B
-            start from the base weight, and the layer subtracts that start (`lora.variants`), so it begins
-            equal to the base.
+        init: how the factors start, a name from `choices.LORA_INITS`: "kaiming" (default) and the other
+            `lora.variants.ZERO_START_INITS` start with B A = 0; "pissa" or "olora" start A and B from the base
+            weight, and the layer subtracts that start (`lora.variants`), so it begins equal to the base.
     """
 
     def __init__(

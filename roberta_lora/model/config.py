@@ -79,8 +79,8 @@ class AdapterConfig:
         `evaluate` and `predict` so they see inputs exactly as training did.
     use_rslora: scale the update by lora_alpha / sqrt(lora_rank) (rsLoRA) instead of lora_alpha / lora_rank.
     use_dora: DoRA (weight-decomposed LoRA: a trained magnitude per output feature; `lora.variants`).
-    init_lora_weights: how the factors started: "kaiming" or "gaussian" (B = 0), "pissa" or "olora" (from the
-        base weight; the file then holds the equivalent rank-2r update for the unmodified base). Read only when
+    init_lora_weights: how the factors started, a name from `choices.LORA_INITS`; "pissa" or "olora" start from
+        the base weight (the file then holds the equivalent rank-2r update for the unmodified base). Read only when
         training starts; informational in a saved adapter.
     layers_to_transform: the layer indexes that carry LoRA (None: every layer), PEFT's name.
     PEFT's names throughout, so a PEFT user reads the file as their own.

@@ -109,8 +109,8 @@ class LoraWrapperRoberta(nn.Module):
         quantize: None, "4bit" (NF4, bf16 compute) or "8bit": load the frozen base through bitsandbytes
             (needs CUDA); LoRA factors and the head stay in full precision.
         use_rslora: scale by lora_alpha / sqrt(lora_rank) (rsLoRA). use_dora: DoRA (a trained magnitude per
-            output feature). init_lora_weights: "kaiming" (default), "gaussian", "pissa" or "olora"
-            (`choices.LORA_INITS`). layers_to_transform: the
+            output feature). init_lora_weights: a name from `choices.LORA_INITS` ("kaiming",
+            the default). layers_to_transform: the
             layer indexes that get LoRA (None: all). PEFT's names and meanings; see `lora.variants`.
 
     Like any new nn.Module the model starts in train mode, and every submodule with it (the encoder

@@ -71,7 +71,7 @@ class TrainConfig:
     # --- LoRA variants (PEFT's names; lora/variants.py) ---
     use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
     use_dora: bool = False  # DoRA: a trained magnitude per output feature
-    init_lora_weights: str = "kaiming"  # kaiming | gaussian (B = 0) | pissa | olora (from the base weight)
+    init_lora_weights: str = "kaiming"  # a name from choices.LORA_INITS (pissa / olora: from the base weight)
     layers_to_transform: str | None = None  # comma list of layer indexes that get LoRA ("8,9,10,11"); None = all
     loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate = this x the learning rate (None: the same)
     # --- loop ---
