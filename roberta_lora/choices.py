@@ -12,11 +12,12 @@ METHODS = ("lora", "head", "full")
 # GLUE heads: "light" (LayerNorm -> dropout -> Linear on <s>) or transformers' RobertaClassificationHead.
 HEAD_KINDS = ("light", "roberta")
 # How LoRA's factors start: PEFT's init_lora_weights names (lora.variants). kaiming / gaussian: B = 0;
-# pissa / olora: from the base weight's SVD / QR, whose part the layer then subtracts from the base.
-LORA_INITS = ("kaiming", "gaussian", "pissa", "olora")
+# orthogonal: A, B from one random orthogonal matrix, B A = 0; pissa / olora: from the base weight's SVD / QR,
+# whose part the layer then subtracts from the base.
+LORA_INITS = ("kaiming", "gaussian", "orthogonal", "pissa", "olora")
 LORA_INITS_FROM_BASE = ("pissa", "olora")
 # An init that needs the rank to be a multiple of something (absent: any rank).
-LORA_INIT_RANK_STEP: dict[str, int] = {}
+LORA_INIT_RANK_STEP: dict[str, int] = {"orthogonal": 2}
 # Adapter task types: a GLUE classification / regression head, or the SQuAD span head.
 TASK_TYPES = ("glue", "squad_v1", "squad_v2")
 # GLUE-style metric names a task file may list (evaluation.metrics implements exactly these).

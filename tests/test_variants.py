@@ -1,4 +1,4 @@
-"""LoRA variants (rsLoRA, DoRA, gaussian init, layers_to_transform): one home of the maths (`lora.variants`),
+"""LoRA variants (rsLoRA, DoRA, gaussian / orthogonal / PiSSA / OLoRA inits, layers_to_transform): one home of the maths (`lora.variants`),
 exact against real PEFT both ways, and the same in every path that computes an adapter."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ VARIANTS = {
     "dora": {"use_dora": True},
     "dora-rslora-all-linear": {"use_dora": True, "use_rslora": True, "targets": "all-linear", "lora_rank": 4},
     "gaussian": {"init_lora_weights": "gaussian"},
+    "orthogonal": {"init_lora_weights": "orthogonal", "lora_rank": 4},
     "layers": {"layers_to_transform": [1], "targets": "all-linear"},
     "dora-no-biases": {"use_dora": True, "train_biases": False, "train_layer_norms": False},
 }
@@ -55,10 +56,10 @@ def test_each_variant_exports_to_peft_with_equal_logits_and_imports_back_exactly
     assert torch.equal(outputs(back, ids, mask)[0], mine)
 
 
-@pytest.mark.parametrize("name", ["rslora", "dora", "gaussian", "layers"])
+@pytest.mark.parametrize("name", ["rslora", "dora", "gaussian", "orthogonal", "layers"])
 def test_an_adapter_peft_trained_with_the_variant_imports_exactly(tiny_model_dir, tmp_path, name) -> None:
     options = {"rslora": {"use_rslora": True, "r": 4, "lora_alpha": 8}, "dora": {"use_dora": True},
-               "gaussian": {"init_lora_weights": "gaussian"},
+               "gaussian": {"init_lora_weights": "gaussian"}, "orthogonal": {"init_lora_weights": "orthogonal"},
                "layers": {"layers_to_transform": [0], "layers_pattern": "layer"}}[name]
     base = RobertaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     theirs = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", **{"r": 2, **options},
@@ -119,6 +120,23 @@ def test_gaussian_init_draws_a_with_std_one_over_r() -> None:
     assert torch.count_nonzero(layer.lora_B.weight) == 0
 
 
+def test_orthogonal_init_is_peft_s_with_both_factors_non_zero_and_the_update_zero() -> None:
+    torch.manual_seed(5)
+    ours = LoraLinear(torch.nn.Linear(24, 40), rank=6, alpha=12, init="orthogonal")
+    torch.manual_seed(5)  # the same draws in the same order: the base Linear, then the two factor Linears, then the init
+    theirs = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(24, 40)),
+                                 peft.LoraConfig(r=6, lora_alpha=12, target_modules=["0"], init_lora_weights="orthogonal"))
+    layer = theirs.base_model.model[0]
+    assert torch.equal(ours.lora_A.weight, layer.lora_A["default"].weight)
+    assert torch.equal(ours.lora_B.weight, layer.lora_B["default"].weight)
+    assert ours.lora_A.weight.abs().min() > 0 and ours.lora_B.weight.abs().min() > 0
+    assert (ours.lora_B.weight @ ours.lora_A.weight).abs().max() < 1e-7
+    x = torch.randn(3, 24)
+    torch.testing.assert_close(ours(x), ours.base_layer(x), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="even lora_rank, got 3"):
+        LoraLinear(torch.nn.Linear(24, 40), rank=3, alpha=6, init="orthogonal")
+
+
 @pytest.mark.parametrize(("kwargs", "expected"), [
     ({"init_lora_weights": "pissa_nope"}, "init_lora_weights"),
     ({"init_lora_weights": 3}, "init_lora_weights"),
@@ -131,6 +149,7 @@ def test_gaussian_init_draws_a_with_std_one_over_r() -> None:
     ({"layers_to_transform": [True]}, "layers_to_transform"),
     ({"layers_to_transform": [7]}, "layers_to_transform"),
     ({"use_dora": True, "method": "head"}, "use_dora"),
+    ({"init_lora_weights": "orthogonal", "lora_rank": 3}, "multiple of 2"),
 ])
 def test_bad_variant_arguments_are_one_clear_error(tiny_model_dir, kwargs, expected) -> None:
     with pytest.raises(ConfigError, match=expected):
@@ -144,6 +163,7 @@ MIXED = {
     "rslora": {"num_classes": 2, "use_rslora": True, "lora_rank": 4, "lora_alpha": 16},
     "dora-rslora-layer": {"task_type": "squad_v2", "use_dora": True, "use_rslora": True, "layers_to_transform": [1]},
     "dora-r2": {"num_classes": 1, "use_dora": True, "lora_rank": 2, "train_biases": False},
+    "orthogonal": {"num_classes": 2, "init_lora_weights": "orthogonal", "lora_rank": 4},
 }
 
 
@@ -231,17 +251,17 @@ def test_train_from_the_cli_with_an_olora_start_saves_rank_2r(tiny_model_dir, tm
     assert {t.shape[0] for n, t in state["tensors"].items() if n.endswith("lora_A.weight")} == {2}
 
 
-def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path) -> None:
-
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+def test_train_from_the_cli_with_variants_saves_them_and_evaluates(tiny_model_dir, tmp_path, init) -> None:
     write_glue_fixture(tmp_path / "glue", "sst2", n_train=32, n_dev=16)
     run = tmp_path / "run"
     assert main(["train", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "glue"),
                  "--output-dir", str(run), "--no-progress", "--batch-size", "8", "--max-steps", "3",
-                 "--use-dora", "--use-rslora", "--layers-to-transform", "1", "--init-lora-weights", "gaussian",
+                 "--use-dora", "--use-rslora", "--layers-to-transform", "1", "--init-lora-weights", init,
                  "--loraplus-lr-ratio", "16", "--cache-dir", str(tmp_path / "cache")]) == 0
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (config["use_dora"], config["use_rslora"], config["layers_to_transform"], config["init_lora_weights"]) == (
-        True, True, [1], "gaussian")
+        True, True, [1], init)
     model = LoraWrapperRoberta.from_adapter(run / "adapter")
     assert all(".layer.1." in path for path in model.replaced_modules)
     assert main(["evaluate", "--adapter", str(run / "adapter"), "--data-dir", str(tmp_path / "glue"),

@@ -20,7 +20,8 @@ is an adapter of one variant computed as another.
 
 Scaling (`scaling`) and initialisation (`init_factors`, `initial_factors`) are options of every variant:
 `use_rslora` divides by sqrt(r) instead of r; `init_lora_weights` is "kaiming" (A Kaiming-uniform,
-B = 0, PEFT's default), "gaussian" (A ~ N(0, 1/r), B = 0), or "pissa" / "olora", which start A and B
+B = 0, PEFT's default), "gaussian" (A ~ N(0, 1/r), B = 0), "orthogonal" (A and B both non-zero, from
+the rows of one random orthogonal matrix, so that B A = 0; even r), or "pissa" / "olora", which start A and B
 from the base weight (its top-r singular directions; its QR factors) and take that part out of the
 base: PEFT rewrites the base weight to W - s B0 A0; here the base stays as it is and the layer keeps
 B0, A0 frozen and subtracts s B0 A0 x (the same function, and the plain base is never lost). What such
@@ -97,12 +98,28 @@ def _gaussian(shape_a: tuple[int, int], shape_b: tuple[int, int],
     return weight_a, torch.zeros(shape_b, dtype=torch.float32)
 
 
+def _orthogonal(shape_a: tuple[int, int], shape_b: tuple[int, int],
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's "orthogonal": both factors non-zero, yet B A = 0. A random r x r orthogonal Q (QR of a Gaussian)
+    gives A its even-indexed rows and B its odd-indexed rows, each mixed by a Gaussian of half the rank and
+    divided by 10: B A = G_b Q_odd Q_even^T G_a = 0 (to rounding), as distinct rows of Q are orthogonal.
+    Needs an even r."""
+    rank, half = shape_a[0], shape_a[0] // 2
+    if rank % 2:
+        raise ConfigError(f"init_lora_weights='orthogonal' needs an even lora_rank, got {rank}")
+    q, _ = torch.linalg.qr(torch.randn(rank, rank, generator=generator))
+    weight_a = (torch.randn(shape_a[1], half, generator=generator) @ q[0::2]).T / 10.0
+    weight_b = (torch.randn(half, shape_b[0], generator=generator).T @ q[1::2]) / 10.0  # PEFT's draw order
+    return weight_a.contiguous(), weight_b.contiguous()
+
+
 # init name -> how it fills (A (r, in), B (out, r)) in float32 on the CPU; B A must start at zero (inits that start
 # from the base weight, CHANGES_BASE, are `initial_factors`). Adding an init = one function here, its name in
 # `choices.LORA_INITS` and in `PEFT_INIT`.
-ZERO_START_INITS = {"kaiming": _kaiming, "gaussian": _gaussian}
+ZERO_START_INITS = {"kaiming": _kaiming, "gaussian": _gaussian, "orthogonal": _orthogonal}
 # init name -> what PEFT's LoraConfig.init_lora_weights says for it (export writes it, import reads it back).
-PEFT_INIT: dict[str, object] = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+PEFT_INIT: dict[str, object] = {"kaiming": True, "gaussian": "gaussian", "orthogonal": "orthogonal", "pissa": "pissa",
+                                "olora": "olora"}
 def init_from_peft(value: object) -> str | None:
     """Our init name for PEFT's `init_lora_weights` value, or None when it has no equivalent here."""
     if value is False:  # PEFT's "no LoRA init" (B random too, for tests): a trained file loads as any other

@@ -472,6 +472,7 @@ def _flag_cases() -> None:
     f("loraplus-text", ["--loraplus-lr-ratio", "sixteen"], "--loraplus-lr-ratio")
     f("init-unknown", ["--init-lora-weights", "loftq"], ("--init-lora-weights", "kaiming"))
     f("pissa-with-dora", ["--init-lora-weights", "pissa", "--use-dora"], ("init_lora_weights", "--use-dora"))
+    f("orthogonal-odd-rank", ["--init-lora-weights", "orthogonal", "--rank", "7"], ("orthogonal", "--rank 6"))
     f("olora-rank-too-big", ["--init-lora-weights", "olora", "--rank", "600"], ("rank",))
     f("dora-with-head-method", ["--use-dora", "--method", "head"], ("--use-dora", "head"))
     f("loraplus-with-full-method", ["--loraplus-lr-ratio", "16", "--method", "full"], ("--loraplus-lr-ratio", "full"))
