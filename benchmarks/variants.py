@@ -465,11 +465,19 @@ def findings(table: dict[str, dict[str, Any]], tasks: Sequence[str]) -> list[str
     mean_name = f"{len(tasks)}-task mean"
     base = table.get("lora", {}).get("mean")
     if base:
-        gains = {name: row["mean"][0] - base[0] for name, row in table.items() if name != "lora" and row["mean"]}
-        better = [f"`{name}` ({gain:+.2f})" for name, gain in gains.items() if gain >= 1.0]
+        compared = {name: within_noise(row["mean"], base) for name, row in table.items()
+                    if name != "lora" and row["mean"]}
+
+        def noted(name: str) -> str:
+            gain, bound, same = compared[name]
+            noise = "no noise estimate" if bound is None else (
+                f"within seed noise, 2 standard errors {bound:.2f}" if same else f"beyond seed noise of {bound:.2f}")
+            return f"`{name}` ({gain:+.2f}, {noise})"
+
+        better = [noted(name) for name, (gain, _, _) in compared.items() if gain >= 1.0]
         verdict = (f"{', '.join(better)} beat it by >= 1 point on the {mean_name}." if better
                    else f"no method beats it by >= 1 point on the {mean_name}.")
-        every = ", ".join(f"`{name}` {gain:+.2f}" for name, gain in gains.items())
+        every = ", ".join(f"`{name}` {gain:+.2f}" for name, (gain, _, _) in compared.items())
         lines.append(f"- Against plain LoRA with the roberta head (`lora`, {base[0]:.2f}): {verdict} "
                      f"Every difference: {every}.")
     for ours, anchor in ANCHORS.items():
