@@ -49,7 +49,7 @@ def best_metric(run_dir: Path, metric: str) -> float:
 def test_precedence_task_recipe_named_recipe_config_file_flags(tmp_path: Path) -> None:
     (tmp_path / "tiny.toml").write_text(TINY_RECIPE)
     rte = load_task("rte")
-    assert resolve_train_config(rte, {}).learning_rate == rte.recipe.learning_rate  # the task's own: "tutorial"
+    assert resolve_train_config(rte, {}).learning_rate == rte.recipe.learning_rate  # the default keeps the task's
     named = resolve_train_config(rte, {"recipe": str(tmp_path / "tiny.toml")})
     assert (named.recipe, named.learning_rate, named.lora_rank, named.head, named.epochs) == (
         "tiny-chain", 2e-3, 4, "roberta", 2)
@@ -242,3 +242,57 @@ def test_seeds_without_an_output_dir_go_under_outputs(tiny_model_dir, glue_dir, 
     (group,) = (tmp_path / "outputs" / "rte").iterdir()
     assert group.name.endswith("-lora") and (group / "seed-5" / "adapter").is_dir() and (group / "summary.json").is_file()
     assert not (tmp_path / "seed-5").exists()
+
+
+# ----------------------------------------------------------------------------- the default recipe
+RECIPE_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "batch_size", "learning_rate", "epochs", "warmup_ratio",
+                 "weight_decay", "head", "seed")
+
+
+@pytest.mark.parametrize("task", ["sst2", "rte", "stsb", "squad_v2"])
+def test_the_default_recipe_is_the_tutorial_s_with_a_pissa_start_and_the_roberta_head(task) -> None:
+    spec = load_task(task)
+    default = resolve_train_config(spec, {})
+    tutorial = resolve_train_config(spec, {"recipe": "tutorial"})
+    assert (default.recipe, default.init_lora_weights, default.head) == ("pissa", "pissa", "roberta")
+    assert (tutorial.recipe, tutorial.init_lora_weights) == ("tutorial", "kaiming")
+    for name in RECIPE_FIELDS:  # the tutorial is exactly the task file's recipe; the default differs in the head only
+        assert getattr(tutorial, name) == getattr(spec.recipe, name), name
+        if name != "head":
+            assert getattr(default, name) == getattr(spec.recipe, name), name
+    assert TrainConfig.from_recipe(task) == default
+    assert TrainConfig.from_recipe(task, recipe="tutorial", lora_rank=4) == resolve_train_config(
+        spec, {"recipe": "tutorial", "lora_rank": 4})
+    assert TrainConfig() == resolve_train_config(load_task("sst2"), {"recipe": "tutorial"})  # literal = tutorial
+    assert resolve_train_config(spec, {"recipe": "lora-paper-base"}).init_lora_weights == "kaiming" if task in (
+        "sst2", "rte", "stsb") else True
+
+
+@pytest.mark.parametrize(("flags", "clash"), [
+    ({"use_dora": True}, "--use-dora"),
+    ({"quantize": "4bit"}, "--quantize"),
+    ({"init_from": "{adapter}"}, "--init-from"),
+    ({"method": "head"}, "--method head"),
+])
+def test_the_default_pissa_start_yields_to_a_setting_that_cannot_use_it(flags, clash, caplog, tmp_path) -> None:
+    spec = load_task("rte")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    flags = {k: str(tmp_path) if v == "{adapter}" else v for k, v in flags.items()}
+    with caplog.at_level("WARNING", logger="roberta_lora"):
+        config = resolve_train_config(spec, flags)  # (a 4-bit base needs CUDA: the model loader says so later)
+    assert config.init_lora_weights == "kaiming"
+    assert clash in caplog.text and "init_lora_weights='pissa'" in caplog.text
+    if "init_from" not in flags:  # asked for explicitly, the same pair is one clear error
+        with pytest.raises(ConfigError, match="init_lora_weights='pissa'|--init-lora-weights pissa"):
+            resolve_train_config(spec, {**flags, "init_lora_weights": "pissa"})
+
+
+def test_a_warm_start_into_a_run_that_starts_from_the_base_is_refused(tiny_model_dir, tmp_path) -> None:
+    from roberta_lora.adapters.warm_start import warm_start_from_adapter
+    from roberta_lora.errors import AdapterError
+    from roberta_lora.model.wrapper import LoraWrapperRoberta
+
+    LoraWrapperRoberta(model_id=str(tiny_model_dir), lora_rank=2, seed=1).save_adapter(tmp_path / "source")
+    target = LoraWrapperRoberta(model_id=str(tiny_model_dir), lora_rank=2, init_lora_weights="pissa")
+    with pytest.raises(AdapterError, match="--init-lora-weights kaiming"):
+        warm_start_from_adapter(target, tmp_path / "source")

@@ -237,7 +237,9 @@ def test_config_file_grad_accum_max_steps_and_bf16(tiny_model_dir, glue_dir, tmp
     assert resolved["total_steps"] == 3 and resolved["steps_per_epoch"] == 4  # 32 rows / 4 / 2
     state = torch.load(result.run_dir / "checkpoint/training_state.pt", weights_only=True)
     assert state["global_step"] == 3 and len(state["history"]["losses"]) == 3
-    assert json.loads((result.run_dir / "adapter/adapter_config.json").read_text())["lora_rank"] == 2
+    # The default recipe starts from the base weight (PiSSA): the file holds the rank-2r update for the plain base.
+    saved = json.loads((result.run_dir / "adapter/adapter_config.json").read_text())
+    assert (saved["lora_rank"], saved["init_lora_weights"], saved["head"]) == (4, "pissa", "roberta")
     (tmp_path / "bad.toml").write_text("learning_rat = 1\n")
     with pytest.raises(Exception, match="unknown setting.*learning_rat"):
         resolve_train_config(load_task("rte"), {}, tmp_path / "bad.toml")

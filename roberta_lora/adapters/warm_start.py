@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from roberta_lora.choices import LORA_INITS_FROM_BASE
 from roberta_lora.errors import AdapterError
 from roberta_lora.model.adapter_files import read_adapter_tensors
 from roberta_lora.model.config import head_attribute, read_adapter_config
@@ -37,6 +38,11 @@ def warm_start_from_adapter(model: LoraWrapperRoberta, directory: Path, allow_ba
             f"would compute another update. Pass {'--use-dora' if config.use_dora else '--no-use-dora'} "
             f"{'--use-rslora' if config.use_rslora else '--no-use-rslora'}"
         )
+    if ours.method == "lora" and ours.init_lora_weights in LORA_INITS_FROM_BASE:
+        raise AdapterError(
+            f"--init-from adapter {directory}: this run's LoRA starts from the base weight "
+            f"(init_lora_weights={ours.init_lora_weights!r}) and subtracts that start, so copied factors would "
+            "compute another update. Pass --init-lora-weights kaiming (a warm start replaces the start anyway)")
     tensors = read_adapter_tensors(directory, digest)
     same_head = (config.task_type, config.head, config.num_classes, config.label_names) == (
         ours.task_type, ours.head, ours.num_classes, ours.label_names)

@@ -1,6 +1,7 @@
 """Named training recipes: data (TOML files in `recipes/`), not code.
 
-A task file's own `[recipe]` is the default recipe, named "tutorial". A named recipe file
+A task file's own `[recipe]` is the seed tutorial's recipe, named "tutorial". The default recipe
+(`DEFAULT_RECIPE`) is a named recipe file chosen by benchmarks/results/variants.md. A named recipe file
 (`recipes/lora-paper-base.toml`, or any TOML path) gives `[settings]` for every task and
 `[tasks.<name>]` per task, which override the task file's recipe; `--config` and flags override the
 named recipe. `warm_start_from = "<task>"` in a task's table says which task's adapter (of the same
@@ -25,13 +26,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPES_DIR_ENV = "ROBERTA_LORA_RECIPES_DIR"
-DEFAULT_RECIPE = "tutorial"
+TUTORIAL_RECIPE = "tutorial"  # the task file's own [recipe]: "Implementing LoRA from scratch"
+DEFAULT_RECIPE = "pissa"  # recipes/pissa.toml: what `train` uses without --recipe
 PAPER_RESULTS = "paper_results"
 # The training settings a recipe may set (a subset of TrainConfig's fields; types are checked there).
 RECIPE_KEYS = (
     "lora_rank", "lora_alpha", "lora_dropout", "batch_size", "learning_rate", "epochs", "warmup_ratio",
     "weight_decay", "head", "seed", "targets", "head_dropout", "train_biases", "train_layer_norms",
     "train_embeddings", "max_length", "grad_accum", "max_grad_norm", "mixed_precision",
+    "init_lora_weights", "use_rslora", "use_dora", "loraplus_lr_ratio",
 )
 WARM_START_KEY = "warm_start_from"
 
@@ -73,7 +76,7 @@ def available_recipes() -> list[str]:
     """The names of the bundled recipes, "tutorial" first."""
     directory = recipes_dir()
     files = sorted(p.stem for p in directory.glob("*.toml") if p.stem != PAPER_RESULTS) if directory.is_dir() else []
-    return [DEFAULT_RECIPE, *files]
+    return [TUTORIAL_RECIPE, *files]
 
 
 def load_recipe(name_or_path: str | Path) -> NamedRecipe | None:
@@ -82,7 +85,7 @@ def load_recipe(name_or_path: str | Path) -> NamedRecipe | None:
     Raises ConfigError for an unknown name or a file with unknown keys or a bad structure.
     """
     text = str(name_or_path)
-    if text == DEFAULT_RECIPE:
+    if text == TUTORIAL_RECIPE:
         return None
     path = Path(text) if text.endswith(".toml") or os.sep in text else recipes_dir() / f"{text}.toml"
     if not path.is_file():

@@ -8,6 +8,7 @@ outputs (config.json), so a run can always be explained and repeated.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import json
 import math
 import sys
@@ -28,7 +29,7 @@ from roberta_lora.choices import (
     QUANTIZE,
     TRACKERS,
 )
-from roberta_lora.data.recipes import DEFAULT_RECIPE, load_recipe
+from roberta_lora.data.recipes import DEFAULT_RECIPE, TUTORIAL_RECIPE, load_recipe
 from roberta_lora.data.tasks import Recipe, TaskSpec
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.targets import resolve_targets
@@ -40,12 +41,18 @@ else:  # pragma: no cover
 
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclass
 class TrainConfig:
     """One training run. Recipe fields (rank ... seed) default to the task file's recipe."""
 
     task: str = "sst2"  # task name (tasks/<name>.toml) or a path to a task TOML
-    recipe: str = "tutorial"  # the task file's own [recipe], or a named recipe (recipes/<name>.toml) or its path
+    # The recipe the settings came from: "tutorial" (the task file's own [recipe]: these field defaults) or a
+    # named recipe (recipes/<name>.toml) or its path. Only a label here: `TrainConfig.from_recipe` and
+    # `resolve_train_config` (what `train` uses; default recipe: recipes/pissa.toml) apply a recipe.
+    recipe: str = TUTORIAL_RECIPE
     model: str = "roberta-base"  # hub id or local checkpoint directory
     data_dir: str | None = None  # local data root (GLUE layout / squad JSON); None = the hub
     output_dir: str | None = None  # the run directory; default outputs/<task>/<timestamp>-<method>
@@ -175,6 +182,7 @@ class TrainConfig:
         if self.method != "lora":
             used = [flag_of(n) for n in ("use_rslora", "use_dora", "layers_to_transform", "loraplus_lr_ratio")
                     if getattr(self, n) not in (None, False)]
+            used += [f"--init-lora-weights {self.init_lora_weights}"] if self.init_lora_weights != "kaiming" else []
             need(not used, f"{', '.join(used)} shape LoRA, but method={self.method!r} has none; drop them or use "
                  "--method lora")
         need(not (self.init_lora_weights in LORA_INITS_FROM_BASE and (self.use_dora or self.quantize != "none")),
@@ -198,6 +206,16 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_recipe(cls, task: str, recipe: str | None = None, config_file: str | Path | None = None,
+                    **settings: Any) -> TrainConfig:
+        """The configuration `roberta-lora train --task TASK` builds: the task file's recipe < the named
+        recipe (`DEFAULT_RECIPE` unless given; "tutorial" for the task file's own) < `config_file` <
+        `settings` (TrainConfig field names). Raises ConfigError for unknown names or bad values."""
+        from roberta_lora.data.tasks import load_task
+
+        return resolve_train_config(load_task(task), {**settings, "task": task, "recipe": recipe}, config_file)
 
 
 def _type_problems(config: TrainConfig) -> list[str]:
@@ -291,6 +309,24 @@ def resume_train_config(run_dir: str | Path, overrides: dict[str, Any], config_f
     return config
 
 
+def _recipe_start_yields(values: dict[str, Any]) -> None:
+    """A recipe's PiSSA / OLoRA start gives way to a setting given with it that cannot use one (DoRA, a
+    quantized base, a warm start, no LoRA): Kaiming instead, said in a warning. Asked for explicitly
+    (--init-lora-weights, --config), the same pair is an error, as it is in the Python API."""
+    init = values.get("init_lora_weights")
+    if init not in LORA_INITS_FROM_BASE:
+        return
+    clashes = [flag for flag, on in (("--use-dora", values.get("use_dora") is True),
+                                     ("--quantize", values.get("quantize") not in (None, "none")),
+                                     ("--init-from", bool(values.get("init_from"))),
+                                     (f"--method {values.get('method')}", values.get("method", "lora") != "lora")) if on]
+    if clashes:
+        logger.warning("the %s recipe starts LoRA from the base weight (init_lora_weights=%r), which %s cannot use; "
+                       "this run starts it as kaiming (choose with --init-lora-weights)", values["recipe"], init,
+                       " and ".join(clashes))
+        values["init_lora_weights"] = "kaiming"
+
+
 def absolute_local_paths(config: TrainConfig) -> None:
     """Store local paths absolute (model, data, warm start), so adapters and resumes work from any folder."""
     for name in ("model", "data_dir", "init_from"):
@@ -331,15 +367,18 @@ def resolve_train_config(spec: TaskSpec, overrides: dict[str, Any], config_file:
     from_file = read_config_file(config_file) if config_file is not None else {}
     recipe_name = overrides.get("recipe") or from_file.get("recipe") or DEFAULT_RECIPE
     recipe = load_recipe(recipe_name)
-    if recipe is not None:
-        values.update(recipe.for_task(spec.name))
+    from_recipe = recipe.for_task(spec.name) if recipe is not None else {}
+    values.update(from_recipe)
     values.update(from_file)
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigError(f"unknown training setting(s) {unknown}; allowed: {sorted(CONFIG_FIELDS)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
     values["task"] = overrides.get("task") or spec.name
-    values["recipe"] = recipe.name if recipe is not None else DEFAULT_RECIPE
+    values["recipe"] = recipe.name if recipe is not None else TUTORIAL_RECIPE
+    if "init_lora_weights" in from_recipe and "init_lora_weights" not in {**from_file, **given}:
+        _recipe_start_yields(values)
     try:
         config = TrainConfig(**values)
     except TypeError as error:  # pragma: no cover - guarded by the unknown-key checks above

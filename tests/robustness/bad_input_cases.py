@@ -673,7 +673,7 @@ def _resume_cases() -> None:
     r("different-rank", "{run_unfinished}", ["--rank", "4"], ("--rank", "lora_rank"))
     r("different-alpha", "{run_unfinished}", ["--alpha", "16"], ("--alpha", "lora_alpha"))
     r("different-targets", "{run_unfinished}", ["--targets", "all-linear"], ("--targets", "targets"))
-    r("different-head", "{run_unfinished}", ["--head", "roberta"], ("--head", "head"))
+    r("different-head", "{run_unfinished}", ["--head", "light"], ("--head", "head"))
     r("different-method", "{run_unfinished}", ["--method", "head"], ("--method", "method"))
     r("different-batch-size", "{run_unfinished}", ["--batch-size", "4"], ("--batch-size", "batch_size"))
     r("different-seed", "{run_unfinished}", ["--seed", "7"], ("--seed", "seed"))

@@ -176,7 +176,7 @@ def fixtures(server, tiny_model_dir, tmp_path_factory) -> Fixtures:
 
     env = child_env(root)
     jobs = [
-        {"key": "run_sst2", "argv": train_argv(root / "run_sst2", "--max-steps", "2")},
+        {"key": "run_sst2", "argv": train_argv(root / "run_sst2", "--max-steps", "2", "--head", "light")},
         {"key": "run_sst2_roberta", "argv": train_argv(root / "run_sst2_roberta", "--max-steps", "2", "--head", "roberta")},
         {"key": "run_squad", "argv": train_argv(root / "run_squad", "--max-steps", "2", task="squad_v1", data=squad)},
         # The interrupted run: 2 epochs, SIGKILLed right after epoch 1's checkpoint is committed.
