@@ -231,3 +231,38 @@ def test_an_adapter_folder_is_replaced_and_its_other_files_kept(model, tmp_path,
     monkeypatch.chdir(folder)
     with pytest.raises(ConfigError, match="holds the working directory"):  # not fileio's ValueError
         model.save_adapter(".")
+
+
+# ----------------------------------------------------------------------------- TrainConfig.from_recipe
+@pytest.mark.parametrize(("task", "arguments", "named"), [
+    ("sst2", {"recipe": "pisa"}, "unknown recipe 'pisa'"),
+    ("sst2", {"recipe": "tutorial", "lora_rank": "8"}, "lora_rank='8'"),
+    ("sst2", {"learning_rate": float("nan")}, "learning_rate=nan"),
+    ("sst2", {"learning_rate": float("inf")}, "learning_rate=inf"),
+    ("sst2", {"lora_rank": -1}, "lora_rank=-1"),
+    ("sst2", {"lora_rank": 10**12}, "lora_rank"),
+    ("sst2", {"learnin_rate": 1e-3}, "learnin_rate"),
+    ("sst2", {"init_lora_weights": "loftq"}, "init_lora_weights='loftq'"),
+    ("sst2", {"init_lora_weights": "orthogonal", "lora_rank": 5}, "multiple of 2"),
+    ("sst2", {"init_lora_weights": "pissa", "use_dora": True}, "init_lora_weights='pissa'"),
+    ("sst3", {}, "sst3"),
+    ("", {}, "task"),
+    ("\udcff", {}, "task"),
+    ("x" * 5000, {}, "task"),
+])
+def test_from_recipe_refuses_bad_settings_with_one_config_error(task, arguments, named) -> None:
+    from roberta_lora.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace("[", r"\[")):
+        TrainConfig.from_recipe(task, **arguments)
+
+
+def test_a_recipe_file_with_a_bad_start_is_refused_naming_the_file(tmp_path) -> None:
+    from roberta_lora.training.config import TrainConfig
+
+    (tmp_path / "bad.toml").write_text('name = "bad"\n[settings]\ninit_lora_weights = 3\n')
+    with pytest.raises(ConfigError, match="init_lora_weights=3"):
+        TrainConfig.from_recipe("sst2", recipe=str(tmp_path / "bad.toml"))
+    (tmp_path / "unknown.toml").write_text('name = "unknown"\n[settings]\ninit_weights = "pissa"\n')
+    with pytest.raises(ConfigError, match="'init_weights' is not a recipe setting"):
+        TrainConfig.from_recipe("sst2", recipe=str(tmp_path / "unknown.toml"))

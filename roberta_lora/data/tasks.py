@@ -221,14 +221,19 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     text = str(name_or_path)
     looks_like_path = text.endswith(".toml") or os.sep in text or "/" in text
     path = Path(text) if looks_like_path else tasks_dir() / f"{text}.toml"
-    if not path.is_file():
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL in it
+        exists = False
+    if not exists:
+        shown = text if len(text) <= 80 else text[:77] + "..."
         if looks_like_path:
-            raise ConfigError(f"task file {path} does not exist; pass an existing .toml file or a task name.")
+            raise ConfigError(f"task file {shown!r} does not exist; pass an existing .toml file or a task name.")
         names = available_tasks()
         close = difflib.get_close_matches(text.lower().replace("-", ""), names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown task {text!r}; bundled tasks in {tasks_dir()}: {', '.join(names) or '(none)'}.{hint} "
+            f"unknown task {shown!r}; bundled tasks in {tasks_dir()}: {', '.join(names) or '(none)'}.{hint} "
             "To add a task, pass the path of a .toml file written like tasks/sst2.toml."
         )
     return _spec_from_dict(_read_toml(path), path)

@@ -33,6 +33,7 @@ from roberta_lora.data.recipes import DEFAULT_RECIPE, TUTORIAL_RECIPE, load_reci
 from roberta_lora.data.tasks import Recipe, TaskSpec
 from roberta_lora.errors import ConfigError
 from roberta_lora.lora.targets import resolve_targets
+from roberta_lora.model.config import MAX_LORA_RANK
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -133,6 +134,8 @@ class TrainConfig:
         for name in ("lora_rank", "batch_size", "epochs", "grad_accum", "eval_batch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
+        need(not isinstance(self.lora_rank, int) or self.lora_rank <= MAX_LORA_RANK,
+             f"lora_rank={_short(self.lora_rank)}: expected at most {MAX_LORA_RANK} (--rank)")
         for name in ("max_length", "doc_stride", "max_steps", "max_train_samples", "max_eval_samples", "eval_steps",
                      "save_steps", "logging_steps", "save_total_limit", "early_stopping_patience"):
             value = getattr(self, name)

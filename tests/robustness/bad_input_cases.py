@@ -489,6 +489,8 @@ def _flag_cases() -> None:
     f("targets-empty", ["--targets", ""], ("--targets", "targets"))
     f("targets-all", ["--targets", "all"], ("--targets", "'all'"))
     f("task-unknown", [], ("--task", "sst3"), task="sst3")
+    f("task-name-huge", [], ("unknown task", "xxx..."), task="x" * 5000)
+    f("recipe-unknown", ["--recipe", "pisa"], ("unknown recipe 'pisa'", "pissa"))
     f("task-toml-missing", [], ("--task", "my_task.toml"), task="{ws}/my_task.toml")
     f("head-bad", ["--head", "big"], ("--head", "big"))
     f("method-bad", ["--method", "qlora"], ("--method", "qlora"))
