@@ -8,8 +8,8 @@ outputs (config.json), so a run can always be explained and repeated.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass
