@@ -19,6 +19,7 @@ _LAZY = {
     "LoraWrapperRoberta": "roberta_lora.model.wrapper",
     "AdapterConfig": "roberta_lora.model.config",
     "AdapterBank": "roberta_lora.adapters.bank",
+    "BatchedAdapters": "roberta_lora.adapters.batched",
     "MultiAdapterPredictor": "roberta_lora.adapters.mixed",
     "Predictor": "roberta_lora.evaluation.predict",
     "evaluate_adapter": "roberta_lora.evaluation.evaluate",
@@ -29,13 +30,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "AdapterBank", "AdapterConfig", "AdapterError", "ConfigError", "DataError", "LoraLinear", "LoraRobertaSelfAttention",
+    "AdapterBank", "AdapterConfig", "AdapterError", "BatchedAdapters", "ConfigError", "DataError", "LoraLinear", "LoraRobertaSelfAttention",
     "LoraWrapperRoberta", "MultiAdapterPredictor", "Predictor", "RobertaLoraError", "TrainConfig", "__version__",
     "evaluate_adapter", "make_toy_encoder", "make_toy_roberta", "train",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from roberta_lora.adapters.bank import AdapterBank
+    from roberta_lora.adapters.batched import BatchedAdapters
     from roberta_lora.adapters.mixed import MultiAdapterPredictor
     from roberta_lora.evaluation.evaluate import evaluate_adapter
     from roberta_lora.evaluation.predict import Predictor

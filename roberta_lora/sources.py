@@ -33,7 +33,7 @@ PACKAGED_EXTRAS: dict[str, str] = {
     "all-MiniLM-L6-v2": "minilm",
 }
 
-# What an adapter repo holds (the files `adapters.hub.push_adapter` uploads); nothing else is downloaded.
+# What an adapter repo holds (the files `model.hub_card.push_adapter` uploads); nothing else is downloaded.
 ADAPTER_FILES = ("adapter.safetensors", "adapter_config.json", "README.md")
 ADAPTER_CONFIG = "adapter_config.json"
 # What a model repo must hold for the offline cache look-up to count it as present.

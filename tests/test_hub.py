@@ -1,5 +1,5 @@
 """Models and adapters from folders, packaged models and the Hugging Face hub (`roberta_lora.sources`), and
-sharing adapters on the hub (`roberta_lora.adapters.hub`, `roberta-lora push`).
+sharing adapters on the hub (`roberta_lora.model.hub_card`, `roberta-lora push`).
 
 No test touches the network: hub look-ups go to a fake Hugging Face cache built in tmp with the layout
 huggingface_hub writes (`<cache>/models--user--name/{blobs,refs,snapshots}`, see `add_to_cache`), the hub's
@@ -23,11 +23,11 @@ import torch
 from huggingface_hub import ModelCard, constants
 
 from roberta_lora import sources
-from roberta_lora.adapters import hub as adapter_hub
-from roberta_lora.adapters.hub import TASK_DATASETS, hub_card, push_adapter
 from roberta_lora.cli import hub as cli_hub
 from roberta_lora.errors import AdapterError, ConfigError
+from roberta_lora.model import hub_card as adapter_hub
 from roberta_lora.model.config import read_adapter_config
+from roberta_lora.model.hub_card import TASK_DATASETS, hub_card, push_adapter
 from roberta_lora.model.toy import toy_config
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.sources import resolve_adapter, resolve_model

@@ -12,6 +12,7 @@ Switching copies about one adapter's worth of memory (~1.7 MB for roberta-base r
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -26,6 +27,7 @@ from roberta_lora.errors import AdapterError, ConfigError
 from roberta_lora.model.adapter_files import check_tensors, read_adapter_tensors, save_adapter_files
 from roberta_lora.model.base import BaseSpec
 from roberta_lora.model.config import AdapterConfig, read_adapter_config
+from roberta_lora.model.hub_card import push_adapter
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.sources import adapter_folder
 
@@ -58,8 +60,92 @@ class AdapterBank(nn.Module):
                                                 **kwargs)
         return cls(model, name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, adapter_name: str = DEFAULT_ADAPTER,
+                        **kwargs: Any) -> AdapterBank:
+        """PEFT's name for `from_adapter`: a folder or a Hub repo id `user/name[@revision]`."""
+        return cls.from_adapter(pretrained_model_name_or_path, name=adapter_name, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, adapter_name: str | None = None) -> Path:
+        """PEFT's name for `save_adapter`: one adapter's folder (default: the active one)."""
+        return self.save_adapter(save_directory, adapter_name=adapter_name)
+
+    def push_to_hub(self, repo_id: str, adapter_name: str | None = None, **kwargs: Any) -> str:
+        """Upload one adapter (default: the active one) as `LoraWrapperRoberta.push_to_hub` does."""
+        name = self._active if adapter_name is None else adapter_name
+        self._require_known(name)
+        if name == self._active:
+            return self.model.push_to_hub(repo_id, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="roberta-lora-push-") as staging:
+            folder = self.save_adapter(Path(staging) / "adapter", adapter_name=name)
+            return push_adapter(folder, repo_id, **kwargs)
+
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The active adapter's forward (`LoraWrapperRoberta.forward`), or with `adapter_names` (one name per
+        row, PEFT's argument) a mixed batch: row i answered by adapter `adapter_names[i]`, all in one encoder
+        pass through the batched engine (`BatchedAdapters`), equal to each adapter alone. Mixed batches are
+        for inference: no labels, no merged bank; the adapters must give logits of one shape (the same
+        number of classes, or all SQuAD), else use `BatchedAdapters.forward`, which answers row by row."""
+        if adapter_names is None:
+            return self.model(*args, **kwargs)
+        return self._mixed_forward(adapter_names, *args, **kwargs)
+
+    def _mixed_forward(self, adapter_names: Sequence[str], input_ids: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                       **rest: Any) -> Any:
+        from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+
+        given = sorted(k for k, v in rest.items() if v is not None)
+        if given:
+            raise ConfigError(f"a mixed batch (adapter_names=...) takes input_ids, attention_mask and token_type_ids "
+                              f"only, got {given}: it is for inference; train one adapter at a time (set_adapter)")
+        if self.merged:
+            raise ConfigError("a merged bank cannot answer a mixed batch (its base holds one adapter's update); "
+                              "call unmerge_adapter() first")
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
+            raise ConfigError(f"adapter_names={adapter_names!r:.80}: expected a list with one adapter name per row")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ConfigError(f"input_ids: expected a (batch, tokens) tensor, got {type(input_ids).__name__}")
+        for name in dict.fromkeys(adapter_names):
+            if not isinstance(name, str):
+                raise ConfigError(f"adapter_names holds {name!r:.80}; expected adapter names (str)")
+            self._require_known(name)
+        kinds = {(c.task_type == "glue", c.num_classes if c.task_type == "glue" else None)
+                 for c in (self.get_config(n) for n in dict.fromkeys(adapter_names))}
+        if len(kinds) > 1:
+            raise ConfigError(f"adapters {sorted(set(adapter_names))} give outputs of different shapes "
+                              f"({sorted(kinds, key=str)}); use roberta_lora.BatchedAdapters.forward, which returns "
+                              "one result per row")
+        engine = self._engine_for(adapter_names)
+        results = engine.forward(input_ids, attention_mask, list(adapter_names), token_type_ids=token_type_ids)
+        if "logits" in results[0]:
+            return SequenceClassifierOutput(logits=torch.stack([r["logits"] for r in results]))
+        return QuestionAnsweringModelOutput(start_logits=torch.stack([r["start_logits"] for r in results]),
+                                            end_logits=torch.stack([r["end_logits"] for r in results]))
+
+    def _engine_for(self, names: Sequence[str]) -> Any:
+        """The batched engine (built on first use, one copy of the plain base) holding the current tensors of
+        every adapter in `names`: an adapter whose config or tensors changed since (training, set_adapter,
+        delete / add) is loaded again."""
+        from roberta_lora.adapters.batched import BatchedAdapters
+
+        if getattr(self, "_engine", None) is None:
+            self._engine, self._engine_keys = BatchedAdapters(self.model), {}
+        for name in list(self._engine_keys):
+            if name not in self._configs:
+                self._engine.remove(name)
+                del self._engine_keys[name]
+        for name in dict.fromkeys(names):
+            tensors = self.adapter_tensors(name)
+            key = (id(self._configs[name]), self._active == name,
+                   tuple((n, id(t), t._version) for n, t in sorted(tensors.items())))
+            if self._engine_keys.get(name) == key:
+                continue
+            if name in self._engine_keys:
+                self._engine.remove(name)
+            self._engine.add_tensors(name, self.get_config(name), {n: t.detach() for n, t in tensors.items()})
+            self._engine_keys[name] = key
+        return self._engine
 
     # ----------------------------------------------------------------------------- what is here
     @property

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from roberta_lora.adapters.hub import push_adapter
+    from roberta_lora.model.hub_card import push_adapter
 
     url = push_adapter(args.adapter, args.repo, private=args.private, token=args.token, commit_message=args.message,
                        license=args.license, base_model=args.base_model)

@@ -23,6 +23,7 @@ import json
 import logging
 import numbers
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -654,6 +655,28 @@ class LoraWrapperRoberta(nn.Module):
         config = replace(config, metrics=dict(metrics or config.metrics))
         save_adapter_files(directory, tensors, config, extra_files)
         return directory
+
+    def save_pretrained(self, save_directory: str | Path, metrics: dict | None = None) -> Path:
+        """PEFT's name for `save_adapter`: the same two files (adapter.safetensors, adapter_config.json)."""
+        return self.save_adapter(save_directory, metrics=metrics)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LoraWrapperRoberta:
+        """PEFT's name for `from_adapter`: an adapter folder or a Hub repo id `user/name[@revision]`, on the
+        base it records (or `model_id=`); in eval mode."""
+        return cls.from_adapter(pretrained_model_name_or_path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    commit_message: str | None = None, license: str | None = None) -> str:
+        """Upload this adapter to the hub repo `repo_id` (created when missing) with the model card
+        `roberta-lora push` writes; returns the repo URL. Saved first into a temporary folder, so nothing
+        on disk changes. Raises ConfigError offline or for a bad repo id, before anything is uploaded."""
+        from roberta_lora.model.hub_card import push_adapter
+
+        with tempfile.TemporaryDirectory(prefix="roberta-lora-push-") as staging:
+            folder = self.save_adapter(Path(staging) / "adapter")
+            return push_adapter(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                                license=license)
 
     def load_adapter(
         self, directory: str | Path, adapter_name: str | None = None, allow_base_mismatch: bool = False
