@@ -190,3 +190,46 @@ def test_transformers_trainer_trains_a_lora_wrapper_and_the_adapter_saves(tiny_m
     ids, mask = batch()
     assert torch.equal(outputs(back, ids, mask)[0], outputs(model.eval(), ids, mask)[0])
     assert json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())["lora_rank"] == 4
+
+
+# ----------------------------------------------------------------------------- export-peft names a base that loads
+def test_export_peft_names_an_absolute_path_for_a_local_base(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    from roberta_lora.adapters.peft import export_peft
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    model = LoraWrapperRoberta(model_id=tiny_model_dir.name, num_classes=2, head="roberta", seed=0)
+    model.save_adapter(tmp_path / "ours")
+    result = export_peft(tmp_path / "ours", tmp_path / "peft")
+    recorded = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(tiny_model_dir.resolve()) and repr(recorded) in result["load_with"]
+
+
+def test_export_peft_of_a_packaged_base_loads_with_auto_peft_model_from_a_hub_cache(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+    from test_hub import add_to_cache
+
+    from roberta_lora import sources
+    from roberta_lora.adapters.peft import export_peft
+
+    folder = sources.packaged_folder("all-MiniLM-L6-v2")
+    if folder is None:
+        pytest.skip("the packaged all-MiniLM-L6-v2 is not installed (the minilm extra)")
+    peft = pytest.importorskip("peft")
+    model = trained_model(folder, seed=2, num_classes=2, head="roberta", lora_rank=2)
+    model.adapter_config.base_model = "all-MiniLM-L6-v2"  # as `--model all-MiniLM-L6-v2` records it
+    model.save_adapter(tmp_path / "ours")
+    export_peft(tmp_path / "ours", tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    cache = tmp_path / "hf" / "hub"
+    add_to_cache(cache, "sentence-transformers/all-MiniLM-L6-v2",
+                 {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    theirs = peft.AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "peft")).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        logits = theirs(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits, outputs(model, ids, mask)[0], atol=1e-5, rtol=0)

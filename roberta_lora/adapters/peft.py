@@ -22,6 +22,7 @@ and DistilBERT's sequence classifier is not the "roberta" head, so such adapters
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,7 @@ from roberta_lora.model.families import Family, family_of
 from roberta_lora.model.standalone import classifier_names
 from roberta_lora.model.tensors import is_lora_factor
 from roberta_lora.model.wrapper import LoraWrapperRoberta
-from roberta_lora.sources import resolve_model
+from roberta_lora.sources import hub_model_id, resolve_model
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -142,7 +143,7 @@ def export_peft(adapter_dir: str | Path, output: str | Path, base_model: str | N
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ConfigError(f"{output} exists and is not empty; choose a new --output or pass --overwrite")
     tensors = read_adapter_tensors(adapter_dir, digest)
-    base = base_model or config.base_model
+    base = peft_base_name(base_model or config.base_model)
     peft_config, peft_tensors = to_peft(config, tensors, base)
     payload = save_safetensors_bytes({n: t.contiguous() for n, t in peft_tensors.items()}, metadata={"format": "pt"})
     atomic_write_bytes(output / PEFT_WEIGHTS_NAME, payload)
@@ -153,6 +154,19 @@ def export_peft(adapter_dir: str | Path, output: str | Path, base_model: str | N
         "output": str(output), "transformers_class": cls, "tensors": len(peft_tensors),
         "load_with": f"PeftModel.from_pretrained({cls}.from_pretrained({base!r}{labels}), {str(output)!r})",
     }
+
+
+def peft_base_name(base: str | None) -> str | None:
+    """What PEFT's `base_model_name_or_path` should say for a base, so that `AutoPeftModel...` and the
+    printed hint load it: a packaged model's Hub id (all-MiniLM-L6-v2 -> sentence-transformers/...), the
+    repo id of a Hub cache snapshot, the absolute path of another local folder, a Hub id as it is."""
+    if base is None:
+        return None
+    hub_id = hub_model_id(str(base))
+    if hub_id is not None:
+        return hub_id
+    path = Path(os.path.expanduser(str(base)))
+    return str(path.resolve()) if path.is_dir() else str(base)
 
 
 # ----------------------------------------------------------------------------- import
