@@ -233,3 +233,30 @@ def test_export_peft_of_a_packaged_base_loads_with_auto_peft_model_from_a_hub_ca
     with torch.no_grad():
         logits = theirs(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(logits, outputs(model, ids, mask)[0], atol=1e-5, rtol=0)
+
+
+def test_a_bert_qa_export_needs_get_base_model_in_peft_as_readme_says(tmp_path) -> None:
+    """PEFT 0.21's PeftModelForQuestionAnswering drops token_type_ids; its wrapped model takes them."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from roberta_lora.adapters.peft import export_peft
+    from roberta_lora.model.toy import make_toy_encoder
+
+    peft = pytest.importorskip("peft")
+    base = make_toy_encoder(tmp_path / "bert", "bert")
+    model = trained_model(base, seed=4, task_type="squad_v1", lora_rank=2)
+    model.save_adapter(tmp_path / "ours")
+    export_peft(tmp_path / "ours", tmp_path / "peft")
+    theirs = peft.PeftModel.from_pretrained(AutoModelForQuestionAnswering.from_pretrained(base),
+                                            str(tmp_path / "peft")).eval()
+    ids, mask = batch()
+    ids = ids % 200 + 5  # within the toy BERT's vocabulary
+    segments = torch.zeros_like(ids)
+    segments[:, 4:] = 1  # question, then context
+    with torch.no_grad():
+        ours = model(ids, mask, token_type_ids=segments).start_logits
+        through_peft = theirs(input_ids=ids, attention_mask=mask, token_type_ids=segments).start_logits
+        through_base = theirs.get_base_model()(input_ids=ids, attention_mask=mask, token_type_ids=segments).start_logits
+    torch.testing.assert_close(through_base, ours, atol=1e-5, rtol=0)
+    if torch.allclose(through_peft, ours, atol=1e-5):
+        pytest.fail("PEFT now passes token_type_ids on: drop the limitation from README's PEFT interop section")
