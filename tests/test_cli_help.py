@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from roberta_lora.cli.main import build_parser
 
 
@@ -36,3 +38,32 @@ def test_predict_no_progress_prints_no_bar(tiny_model_dir, tmp_path, capfd) -> N
     out, err = capfd.readouterr()
     assert '"prediction"' in out or '"label"' in out, out
     assert "it/s" not in err and "%|" not in err, err
+
+
+RUN_GLUE_ARGV = ["--model_name_or_path", "m", "--output_dir", "out", "--learning_rate", "1e-3",
+                 "--num_train_epochs", "3.0", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
+                 "--max_seq_length", "64", "--bf16", "--lora_r", "4", "--lora_alpha", "16", "--warmup_ratio", "0.06",
+                 "--weight_decay", "0.1", "--gradient_accumulation_steps", "2", "--max_steps", "10",
+                 "--metric_for_best_model", "f1", "--save_total_limit", "2"]
+OUR_ARGV = ["--model", "m", "--output-dir", "out", "--lr", "1e-3", "--epochs", "3", "--batch-size", "8",
+            "--eval-batch-size", "32", "--max-length", "64", "--mixed-precision", "bf16", "--rank", "4", "--alpha", "16",
+            "--warmup-ratio", "0.06", "--weight-decay", "0.1", "--grad-accum", "2", "--max-steps", "10",
+            "--metric-for-best", "f1", "--save-total-limit", "2"]
+
+
+@pytest.mark.parametrize("command", ["train", "train-all", "sweep"])
+def test_run_glue_spellings_mean_our_flags(command) -> None:
+    from roberta_lora.cli.train import training_overrides
+
+    head = [command] + (["--task_name", "rte"] if command != "train-all" else [])
+    theirs = build_parser().parse_args(head + RUN_GLUE_ARGV)
+    ours = build_parser().parse_args([command] + (["--task", "rte"] if command != "train-all" else []) + OUR_ARGV)
+    assert training_overrides(theirs) == training_overrides(ours)
+    assert vars(theirs) == vars(ours)
+    assert training_overrides(ours)["learning_rate"] == 1e-3 and theirs.output_dir == "out"
+
+
+def test_run_glue_spellings_stay_out_of_the_main_help() -> None:
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--learning_rate" in text.split("\n\n")[-1]  # named once, in the epilog
+    assert "--per_device_train_batch_size" not in text.split("options:")[1].split("\n\n")[0]

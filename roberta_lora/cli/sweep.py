@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "skips finished seeds and resumes interrupted ones. The table ranks trials by the median of "
                     "the task's main metric over the seeds, each at its best epoch.",
     )
-    sweep.add_argument("--task", required=True, help="task name (sst2, rte, ...) or a task TOML file")
+    sweep.add_argument("--task", help="task name (sst2, rte, ...) or a task TOML file (required)")
     sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                        help="a setting and its values, e.g. --grid lr=1e-4,5e-4 --grid rank=4,8 (repeatable)")
     sweep.add_argument("--optuna", type=int, metavar="N",
@@ -40,11 +40,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         silence_progress_bars()
     if args.optuna is not None and args.optuna < 1:
         raise ConfigError(f"--optuna {args.optuna}: expected a number of trials >= 1")
+    overrides = training_overrides(args)  # run_glue spellings (--task_name, ...) become ours here
+    if not args.task:
+        raise ConfigError("sweep needs --task (e.g. --task rte)")
     grid = parse_grid(args.grid)
     spec = load_task(args.task)
     root = Path(args.output_dir or Path("outputs") / "sweeps" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    base = resolve_train_config(spec, {**training_overrides(args), "task": args.task, "output_dir": str(root)},
-                                args.config)
+    base = resolve_train_config(spec, {**overrides, "task": args.task, "output_dir": str(root)}, args.config)
     seeds = args.seeds or [base.seed]
     progress = not args.no_progress
     if args.optuna:

@@ -29,6 +29,67 @@ from roberta_lora.training.config import FIELD_FLAGS, resolve_train_config, resu
 FLAG_FIELDS = {flag.removeprefix("--"): field for field, flag in FIELD_FLAGS.items()}
 
 
+def _whole_number(text: str) -> int:
+    """argparse type of --num_train_epochs: run_glue passes floats ("3.0"); whole numbers only here."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of epochs such as 3, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number of epochs (fractions are not supported; use "
+                                         f"--max-steps), got {text!r}")
+    return int(value)
+
+
+# transformers' run_glue.py / TrainingArguments (and microsoft/LoRA's --lora_r) spelling -> (our flag, type or
+# the constant it stores). Accepted, hidden from --help's main list; README has the table.
+RUN_GLUE_ALIASES: dict[str, tuple[str, object]] = {
+    "--model_name_or_path": ("--model", str), "--task_name": ("--task", str), "--output_dir": ("--output-dir", str),
+    "--overwrite_output_dir": ("--overwrite", True), "--learning_rate": ("--lr", float),
+    "--num_train_epochs": ("--epochs", _whole_number), "--per_device_train_batch_size": ("--batch-size", int),
+    "--per_device_eval_batch_size": ("--eval-batch-size", int), "--gradient_accumulation_steps": ("--grad-accum", int),
+    "--max_seq_length": ("--max-length", int), "--warmup_ratio": ("--warmup-ratio", float),
+    "--weight_decay": ("--weight-decay", float), "--max_steps": ("--max-steps", int),
+    "--max_train_samples": ("--max-train-samples", int), "--max_eval_samples": ("--max-eval-samples", int),
+    "--eval_steps": ("--eval-steps", int), "--save_steps": ("--save-steps", int),
+    "--logging_steps": ("--logging-steps", int), "--save_total_limit": ("--save-total-limit", int),
+    "--metric_for_best_model": ("--metric-for-best", str), "--early_stopping_patience": ("--early-stopping-patience", int),
+    "--gradient_checkpointing": ("--gradient-checkpointing", True), "--fp16": ("--mixed-precision", "fp16"),
+    "--bf16": ("--mixed-precision", "bf16"), "--lora_r": ("--rank", int), "--lora_alpha": ("--alpha", float),
+    "--lora_dropout": ("--dropout", float),
+}
+ALIAS_PREFIX = "run_glue_alias__"
+
+
+def add_run_glue_aliases(parser: argparse.ArgumentParser) -> None:
+    """The RUN_GLUE_ALIASES whose flag this parser has, hidden (help=SUPPRESS), each into its own dest, so
+    that `resolve_run_glue_aliases` can refuse an alias and its flag given with different values."""
+    for alias, (flag, kind) in RUN_GLUE_ALIASES.items():
+        target = parser._option_string_actions.get(flag)
+        if target is None or alias in parser._option_string_actions:
+            continue
+        dest = f"{ALIAS_PREFIX}{target.dest}__{alias.lstrip('-')}"
+        if callable(kind):
+            parser.add_argument(alias, dest=dest, type=kind, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(alias, dest=dest, action="store_const", const=kind, help=argparse.SUPPRESS)
+
+
+def resolve_run_glue_aliases(args: argparse.Namespace) -> None:
+    """Move each given run_glue spelling onto our flag's dest; ConfigError when both are given and differ."""
+    for key in [k for k in vars(args) if k.startswith(ALIAS_PREFIX)]:
+        value = getattr(args, key)
+        dest, alias = key.removeprefix(ALIAS_PREFIX).split("__")
+        delattr(args, key)
+        if value is None:
+            continue
+        ours = getattr(args, dest, None)
+        if ours is not None and ours != value:
+            flag = RUN_GLUE_ALIASES["--" + alias][0]
+            raise ConfigError(f"--{alias} ({value!r}) and {flag} ({ours!r}) say different things; pass one of them")
+        setattr(args, dest, value)
+
+
 def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
     """Every setting a user tunes; unset flags fall back to --config, then the task's recipe."""
     parser.add_argument("--model", help="hub id or local checkpoint dir (default roberta-base; offline: a local dir)")
@@ -40,7 +101,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--dropout", type=float, help="dropout on the LoRA branch (recipe: 0.1)")
     parser.add_argument("--targets", help="query,value (default) | all-linear | comma list of "
                         "query,key,value,attention_output,intermediate,output")
-    parser.add_argument("--head", choices=HEAD_KINDS, help="GLUE head (default light)")
+    parser.add_argument("--head", choices=HEAD_KINDS, help="GLUE head (default recipe: roberta; --recipe tutorial: light)")
     parser.add_argument("--head-dropout", type=float, help="dropout inside the head (default 0.1)")
     parser.add_argument("--lr", type=float, help="peak learning rate (recipe: 5e-4)")
     parser.add_argument("--epochs", type=int, help="epochs (recipe: 6)")
@@ -77,7 +138,8 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     variants.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=None,
                           help="DoRA: a trained magnitude per output feature (not with --quantize)")
     variants.add_argument("--init-lora-weights", choices=LORA_INITS, help="how the factors start (PEFT's names; default "
-                          "kaiming): pissa / olora start from the base weight and save a rank-2r adapter")
+                          "recipe: pissa, else kaiming): pissa / olora start from the base weight and save a rank-2r "
+                          "adapter")
     variants.add_argument("--layers-to-transform", help="LoRA only in these layers, e.g. 8,9,10,11 (default: all)")
     variants.add_argument("--loraplus-lr-ratio", type=float, help="LoRA+: B's learning rate = R x --lr (paper: 16)")
     trains = parser.add_argument_group("what trains besides LoRA (PEFT's bias=\"none\": --no-train-biases)")
@@ -103,12 +165,16 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--torch-compile-backend", choices=COMPILE_BACKENDS, help="compile backend (default inductor)")
     parser.add_argument("--cache-dir", help="tokenized-data cache (default ~/.cache/roberta_lora)")
     parser.add_argument("--config", help="TOML file overriding the task's recipe and any setting above")
-    parser.add_argument("--recipe", help="named recipe: tutorial (the task file's, default), lora-paper-base, "
-                        "lora-paper-large, or a recipe TOML path (see recipes/README.md)")
+    parser.add_argument("--recipe", help="named recipe: pissa (default: the tutorial's settings, a PiSSA start, the "
+                        "roberta head), tutorial (the task file's), lora-paper-base, lora-paper-large, or a recipe "
+                        "TOML path (see recipes/README.md)")
     parser.add_argument("--seeds", type=seed_list, help="comma list of seeds (e.g. 0,1,2,3,4): one run per seed in "
                         "<output-dir>/seed-<n>/ and a summary (median, mean, std, min, max at each best epoch)")
     parser.add_argument("--report-to", choices=TRACKERS, help="log loss, learning rate and validation metrics to "
                         "an experiment tracker (tensorboard: files in the run folder; default none)")
+    parser.epilog = ("transformers' run_glue.py spellings are accepted too (--learning_rate, --num_train_epochs, "
+                     "--per_device_train_batch_size, --max_seq_length, --fp16, --bf16, ...): see README, Training.")
+    add_run_glue_aliases(parser)
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +260,9 @@ def seed_list(text: str) -> list[int]:
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
-    """The flags the user actually gave, as TrainConfig fields (None = not given)."""
+    """The flags the user actually gave, as TrainConfig fields (None = not given); run_glue spellings
+    (RUN_GLUE_ALIASES) are moved onto ours first."""
+    resolve_run_glue_aliases(args)
     skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir",
             "overwrite", "seeds", "grid", "optuna"}
     return {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in skip and v is not None}
