@@ -317,7 +317,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if output:
         atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     print_json(metrics)
+    note = split_note(args.adapter, args.max_eval_samples)
+    if note:
+        print(f"roberta-lora evaluate: note: {note}", file=sys.stderr)
     return 0
+
+
+def split_note(adapter: str, max_eval_samples: int | None) -> str | None:
+    """A line when this evaluation's rows differ from those the adapter's stored metrics were computed on."""
+    from roberta_lora.model.config import read_adapter_config
+
+    config, _ = read_adapter_config(adapter)
+    stored, now = config.max_eval_samples, max_eval_samples
+    if not config.metrics or stored == now:
+        return None
+    rows = {None: "the whole validation split"}
+    return (f"these metrics are on {rows.get(now, f'the first {now} rows')}; the adapter's stored metrics (its card, "
+            f"`inspect`) are on {rows.get(stored, f'the first {stored} rows')}"
+            + (f": pass --max-eval-samples {stored} to compare them" if stored is not None else ""))
 
 
 def check_metrics_output(output: Path) -> Path:

@@ -83,6 +83,8 @@ class AdapterConfig:
         the base weight (the file then holds the equivalent rank-2r update for the unmodified base). Read only when
         training starts; informational in a saved adapter.
     layers_to_transform: the layer indexes that carry LoRA (None: every layer), PEFT's name.
+    max_eval_samples: `metrics` were computed on the first N rows of each validation split (None: on the
+        whole split); cards and `evaluate` say so.
     PEFT's names throughout, so a PEFT user reads the file as their own.
     """
 
@@ -110,6 +112,7 @@ class AdapterConfig:
     use_dora: bool = False
     init_lora_weights: str = "kaiming"
     layers_to_transform: list[int] | None = None
+    max_eval_samples: int | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -242,7 +245,7 @@ def _type_ok(value: Any, default: Any, spec: dataclasses.Field) -> bool:
         return value is None or (isinstance(value, str) and re.fullmatch(r"(v2-)?[0-9a-f]{16}", value) is not None)
     if spec.name == "task":
         return value is None or isinstance(value, str)
-    if spec.name in ("max_length", "doc_stride"):
+    if spec.name in ("max_length", "doc_stride", "max_eval_samples"):
         return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
     if spec.name == "layers_to_transform":
         return value is None or (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)

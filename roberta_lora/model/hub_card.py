@@ -71,6 +71,21 @@ def hub_card(adapter_dir: str | Path, repo_id: str | None = None, license: str |
     """
     directory = Path(adapter_dir)
     config, _ = read_adapter_config(directory)
+    front, base = _front_matter(config, repo_id, license, base_model)
+    body = _existing_body(directory) or _generated_body(config, repo_id, base)
+    return str(ModelCard(f"{front}\n{body.lstrip()}"))
+
+
+def card_front_matter(config: AdapterConfig, repo_id: str | None = None, license: str | None = None,
+                      base_model: str | None = None) -> str:
+    """The YAML front matter `hub_card` puts above a card ("---\n...\n---\n"), for an adapter's config:
+    what training writes at the top of the README.md it saves, so a folder uploaded by any means (e.g.
+    `huggingface-cli upload`) gets the same hub page as `push`."""
+    return _front_matter(config, repo_id, license, base_model)[0]
+
+
+def _front_matter(config: AdapterConfig, repo_id: str | None, license: str | None,
+                  base_model: str | None) -> tuple[str, str | None]:
     if base_model is not None and not is_repo_id(base_model):
         raise ConfigError(f"base_model {base_model!r} is not a hub model id; expected org/name, e.g. "
                           "FacebookAI/roberta-base")
@@ -89,9 +104,7 @@ def hub_card(adapter_dir: str | Path, repo_id: str | None = None, license: str |
         model_name=model_name if results else None,
         eval_results=results or None,
     )
-    body = _existing_body(directory) or _generated_body(config, repo_id, base)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}")
-    return str(card)
+    return f"---\n{data.to_yaml()}\n---\n", base
 
 
 def push_adapter(adapter_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None,
@@ -161,6 +174,8 @@ def _eval_results(config: AdapterConfig, dataset: CardDataset | None, pipeline: 
         metric, split = _metric_and_split(key, config.task_type, dataset.splits)
         if metric is None:
             continue
+        if config.max_eval_samples is not None:  # datasets' slice notation: the rows the score is on
+            split = f"{split}[:{config.max_eval_samples}]"
         results.append(EvalResult(
             task_type=pipeline, dataset_type=dataset.repo_id, dataset_name=dataset.name,
             dataset_config=dataset.config, dataset_split=split, metric_type=metric, metric_value=value,
@@ -200,14 +215,16 @@ def _generated_body(config: AdapterConfig, repo_id: str | None, base: str | None
     task = config.task or config.task_type
     base_name = base or config.base_model
     rows = "\n".join(f"| {name} | {_format(value)} |" for name, value in sorted(config.metrics.items()))
-    metrics = f"## Validation metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n" if rows else ""
+    subset = (f" (the first {config.max_eval_samples} rows of each validation split)"
+              if config.max_eval_samples is not None else "")
+    metrics = f"## Validation metrics{subset}\n\n| metric | value |\n|---|---|\n{rows}\n\n" if rows else ""
     source = f'snapshot_download("{repo_id}")' if repo_id else '"path/to/this/folder"'
     download = "from huggingface_hub import snapshot_download\n" if repo_id else ""
     on_base = f', model_id="{base}"' if base else ""
     return (
         f"# roberta-lora adapter: {task}\n\n"
         f"A {config.method} adapter (rank {config.lora_rank}, alpha {config.lora_alpha:g}, targets "
-        f"{', '.join(config.targets)}, {config.head} head) for `{base_name or 'its base model'}`, "
+        f"{', '.join(config.targets)}{', ' + config.head + ' head' if config.task_type == 'glue' else ''}) for `{base_name or 'its base model'}`, "
         "made with roberta-lora.\n\n"
         f"{metrics}"
         "## Use it\n\n"

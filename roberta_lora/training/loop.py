@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from roberta_lora.data.tokenizer import (
 from roberta_lora.errors import ConfigError, RobertaLoraError
 from roberta_lora.evaluation.evaluate import evaluate_task
 from roberta_lora.fileio import atomic_write_text
+from roberta_lora.model.hub_card import card_front_matter
 from roberta_lora.model.quantization import check_qlora_options
 from roberta_lora.model.wrapper import LoraWrapperRoberta
 from roberta_lora.runtime import check_compile_backend, check_tracker, compile_model, make_accelerator
@@ -391,6 +392,9 @@ def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: Tas
                            metrics: dict[str, float], epoch: float) -> None:
     """The adapter folder with its README.md card, replaced as one unit (a kill never mixes the two)."""
     trainable, total = model.parameter_counts()
+    model.adapter_config.max_eval_samples = config.max_eval_samples  # the rows `metrics` are on
+    saved = replace(model.portable_adapter()[0], metrics=dict(metrics))
     card = model_card(task=spec.name, description=spec.description, base_model=config.model, metrics=metrics,
-                      config=asdict(config), trainable=trainable, total=total, epoch=epoch)
+                      config=asdict(config), trainable=trainable, total=total, epoch=epoch,
+                      front_matter=card_front_matter(saved), squad=spec.kind == "squad")
     model.save_adapter(directory, metrics=metrics, extra_files={"README.md": card})

@@ -64,13 +64,19 @@ def write_model_card(adapter_dir: Path, **card: Any) -> None:
 
 
 def model_card(*, task: str, description: str, base_model: str, metrics: dict[str, float],
-               config: dict[str, Any], trainable: int, total: int, epoch: int | None) -> str:
-    """The adapter's README.md: what it is, how well it does, how to load it."""
+               config: dict[str, Any], trainable: int, total: int, epoch: int | None, front_matter: str = "",
+               squad: bool = False) -> str:
+    """The adapter's README.md: the hub metadata (`front_matter`), what it is, how well it does (on which
+    rows), how to load it."""
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()))
-    keys = ("method", "lora_rank", "lora_alpha", "lora_dropout", "targets", "head", "learning_rate", "batch_size",
-            "epochs", "warmup_ratio", "max_length", "seed")
+    keys = ("recipe", "method", "lora_rank", "lora_alpha", "lora_dropout", "init_lora_weights", "targets",
+            *(() if squad else ("head",)), "learning_rate", "batch_size", "epochs", "warmup_ratio", "max_length",
+            "seed")
+    subset = config.get("max_eval_samples")
+    on_rows = (f"computed on the first {subset} rows of each validation split (`--max-eval-samples {subset}`), "
+               "not the whole split" if subset is not None else "computed on the whole validation split")
     settings = "\n".join(f"| {k} | {config.get(k)} |" for k in keys)
-    text = f"""# roberta-lora adapter: {task}
+    text = f"""{front_matter + chr(10) if front_matter else ""}# roberta-lora adapter: {task}
 
 {description}
 
@@ -79,6 +85,8 @@ def model_card(*, task: str, description: str, base_model: str, metrics: dict[st
 * saved after epoch: {epoch}
 
 ## Validation metrics
+
+{on_rows}:
 
 | metric | value |
 |---|---|
