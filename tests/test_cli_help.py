@@ -67,3 +67,28 @@ def test_run_glue_spellings_stay_out_of_the_main_help() -> None:
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--learning_rate" in text.split("\n\n")[-1]  # named once, in the epilog
     assert "--per_device_train_batch_size" not in text.split("options:")[1].split("\n\n")[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--adapter", "nobody/no-such-adapter"],
+    ["evaluate", "--adapter", "{tmp}", "--data-dir", "{tmp}/missing"],
+    ["predict", "--adapter", "{tmp}/missing", "--text", "hi"],
+    ["report", "{tmp}/missing"],
+    ["report", "{tmp}", "--compare", "lora-paper-huge"],
+    ["train", "--task", "sst3"],
+    ["train", "--task", "sst2", "--learning_rate", "nan"],
+    ["train", "--task", "sst2", "--recipe", "pisa"],
+])
+def test_a_mistake_is_answered_before_torch_is_imported(argv, tmp_path) -> None:
+    """What makes an answer take seconds is importing torch and transformers: a mistake never needs them."""
+    import subprocess
+    import sys
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = ("import sys; from roberta_lora.cli.main import main; rc = main(%r); "
+            "sys.exit(90 if 'torch' in sys.modules else rc)" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "error:" in done.stderr and "Traceback" not in done.stderr

@@ -188,6 +188,8 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 def check_device_flags(args: argparse.Namespace) -> None:
     """Refuse an unknown or absent --device, or a --dtype it cannot run, before the slow model loading starts."""
+    if str(args.device).strip().lower() in ("auto", "cpu") and args.dtype != "float16":
+        return  # nothing to ask torch about (and importing it takes seconds): answer other mistakes first
     from roberta_lora.runtime import resolve_device, resolve_dtype  # torch, but not yet the model code
 
     resolve_dtype(args.dtype, resolve_device(args.device))
@@ -302,10 +304,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     check_device_flags(args)
-    from roberta_lora.evaluation.evaluate import evaluate_adapter
+    args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline): checked first
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir} is not a folder; pass the data root (e.g. ../shared/data/glue)")
+    from roberta_lora.evaluation.evaluate import evaluate_adapter  # torch: only once the arguments are sound
     from roberta_lora.fileio import atomic_write_text
 
-    args.adapter = str(resolve_adapter(args.adapter))  # a folder, or a hub repo id (cached offline)
     output = Path(args.output) if args.output else None
     predictions = check_metrics_output(output) if output else None
     metrics = evaluate_adapter(args.adapter, data_dir=args.data_dir, model_id=args.model, task=args.task,
@@ -364,6 +368,7 @@ def _is_metrics_json(path: Path) -> bool:
 
 def run_predict(args: argparse.Namespace) -> int:
     check_device_flags(args)
+    args.adapter = str(resolve_adapter(args.adapter))  # checked before the heavy imports below
     from roberta_lora.evaluation.predict import Predictor, read_input_file, text_problem
 
     if args.text is not None:
@@ -377,7 +382,6 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.text_pair:
             raise ConfigError("--text-pair goes with --text; with --input put text_pair in each JSON line")
         texts, pairs = read_input_file(args.input)
-    args.adapter = str(resolve_adapter(args.adapter))
     predictor = Predictor(args.adapter, model_id=args.model, allow_base_mismatch=args.allow_base_mismatch,
                           device=args.device, dtype=args.dtype)
     for result in predictor.predict(texts, pairs):
