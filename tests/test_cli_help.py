@@ -86,8 +86,8 @@ def test_a_mistake_is_answered_before_torch_is_imported(argv, tmp_path) -> None:
 
     (tmp_path / "adapter_config.json").write_text("{}")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code = ("import sys; from roberta_lora.cli.main import main; rc = main(%r); "
-            "sys.exit(90 if 'torch' in sys.modules else rc)" % argv)
+    code = (f"import sys; from roberta_lora.cli.main import main; rc = main({argv!r}); "
+            "sys.exit(90 if 'torch' in sys.modules else rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
