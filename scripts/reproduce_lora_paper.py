@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -72,16 +73,31 @@ def seconds_per_example(model_dir: str, recipe: str, length: int, steps: int, pr
     return (time.perf_counter() - start) / (steps * batch)
 
 
+def missing_files(task: str, data_dir: str) -> list[str]:
+    """The task's training and validation files that are not under `data_dir` (relative names)."""
+    from roberta_lora.data.tasks import load_task
+
+    spec = load_task(task)
+    needed = ["train", *spec.validation_splits]
+    return [spec.local_files[s] for s in needed if not (Path(data_dir) / spec.local_files[s]).is_file()]
+
+
 def plan(args: argparse.Namespace, tasks: list[str], seeds: list[int]) -> float:
-    """Print the estimate per task; returns the total in hours."""
+    """Print the estimate per task (a task whose files are missing is named, with the files, and left out of
+    the total); returns the total in hours."""
     from roberta_lora.data.recipes import load_recipe
 
     recipe = load_recipe(args.recipe)
     speed = {}
     total = 0.0
+    absent = {task: files for task in tasks if (files := missing_files(task, args.data_dir))}
     print(f"{'task':6} {'epochs':>6} {'max len':>7} {'train rows':>10} {'s/example':>9} {'hours (all seeds)':>18}")
     for task in tasks:
         settings = recipe.for_task(task)
+        if task in absent:
+            print(f"{task:6} {settings['epochs']:>6} {'':>7} {TRAIN_ROWS[task]:>10,} {'':>9} "
+                  f"{'missing: ' + ', '.join(absent[task]):>18}")
+            continue
         length = settings.get("max_length", 512)
         if length not in speed:
             speed[length] = seconds_per_example(args.model, args.recipe, length, args.measure_steps,
@@ -92,15 +108,27 @@ def plan(args: argparse.Namespace, tasks: list[str], seeds: list[int]) -> float:
         print(f"{task:6} {settings['epochs']:>6} {length:>7} {TRAIN_ROWS[task]:>10,} {speed[length]:>9.4f} "
               f"{hours:>18.1f}")
     print(f"total: {total:.0f} h on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'this CPU'} "
-          f"for {len(seeds)} seeds")
+          f"for {len(seeds)} seeds" + (f", without {', '.join(absent)} (their files are not under {args.data_dir}: "
+                                        "put them there, or pass --tasks without them)" if absent else ""))
     return total
 
 
 def main(argv: list[str] | None = None) -> int:
+    from roberta_lora.errors import RobertaLoraError
+
     args = parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    plan(args, tasks, seeds)
+    unknown = [t for t in tasks if t not in TRAIN_ROWS]
+    if unknown:
+        print(f"reproduce_lora_paper.py: error: --tasks {unknown}: expected GLUE tasks from {list(ORDER)}",
+              file=sys.stderr)
+        return 2
+    try:
+        plan(args, tasks, seeds)
+    except RobertaLoraError as error:  # a bad --model, --data-dir or --recipe: one line, no traceback
+        print(f"reproduce_lora_paper.py: error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return 0
     from roberta_lora.cli.main import main as cli

@@ -232,6 +232,16 @@ def test_the_gpu_reproduction_script_plans_with_a_measured_estimate(tiny_model_d
     per_example = float(rows["mnli"][4])  # one measurement per length: both tasks use it
     assert hours["mnli"] == pytest.approx(392_702 * 1.05 * 30 * per_example * 2 / 3600, rel=0.01, abs=0.06)
     assert lines[3].startswith("total:")
+    # A task whose files are not there is named with them and left out of the total; a bad --model is one line.
+    code = script.main(["--model", str(tiny_model_dir), "--data-dir", str(glue_dir), "--tasks", "qqp,rte",
+                        "--seeds", "0", "--measure-steps", "1", "--mixed-precision", "no", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "missing: QQP/train.tsv, QQP/dev.tsv" in out and "without qqp" in out
+    assert script.main(["--model", str(glue_dir / "nothing"), "--data-dir", str(glue_dir), "--tasks", "rte",
+                        "--dry-run"]) == 2
+    assert "error: --model" in capsys.readouterr().err
+    assert script.main(["--model", str(tiny_model_dir), "--data-dir", str(glue_dir), "--tasks", "sst3",
+                        "--dry-run"]) == 2
 
 
 def test_seeds_without_an_output_dir_go_under_outputs(tiny_model_dir, glue_dir, tmp_path, monkeypatch) -> None:
