@@ -214,6 +214,10 @@ def test_accelerate_launch_two_cpu_processes(tiny_model_dir, glue_dir, tmp_path)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "config.json").read_text())["resolved"]["num_processes"] == 2
+    # Only the main process prints: one result, and each log line once.
+    assert done.stdout.count('"run_dir"') == 1, done.stdout
+    logged = [line for line in done.stderr.splitlines() if line.startswith("INFO roberta_lora")]
+    assert logged and len(logged) == len(set(logged)), logged
     lines = [json.loads(x) for x in (run / "eval/validation/predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == list(range(13)), "each validation example exactly once"
     stored = json.loads((run / "adapter/adapter_config.json").read_text())["metrics"]

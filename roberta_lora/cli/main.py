@@ -44,9 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from roberta_lora.cli.output import is_main_process
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not is_main_process():  # the other ranks of a multi-process launch: their errors only, no second copy
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.ERROR)
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
     if not args.verbose:  # library load reports ("Loading weights") and retry warnings only with -v
