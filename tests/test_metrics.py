@@ -163,3 +163,13 @@ def test_unknown_metric_name_lists_the_known_ones() -> None:
 def test_compute_metrics_rejects_bad_input(names, preds, refs, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         compute_metrics(names, preds, refs)
+
+
+def test_task_score_is_the_mean_of_the_scores_the_task_reports() -> None:
+    from roberta_lora.evaluation.metrics import task_score
+
+    assert task_score({"accuracy": 0.8, "f1": 0.9}, ["accuracy", "f1"]) == pytest.approx(0.85)  # MRPC, QQP
+    assert task_score({"accuracy": 0.8, "accuracy_mismatched": 0.7}, ["accuracy"]) == pytest.approx(0.75)  # MNLI
+    assert task_score({"pearson": 0.5, "spearmanr": 0.7}, ["pearson", "spearmanr"]) == pytest.approx(0.6)
+    assert task_score({"matthews_correlation": 0.3, "accuracy": 0.9}, ["matthews_correlation"]) == 0.3  # CoLA
+    assert math.isnan(task_score({"loss": 0.1}, ["accuracy"]))

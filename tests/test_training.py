@@ -175,6 +175,19 @@ def test_head_and_full_methods_and_train_all_table(tiny_model_dir, glue_dir, tmp
     assert head_config["method"] == "head"
     sizes = {m: (tmp_path / f"all/rte-{m}/adapter/adapter.safetensors").stat().st_size for m in ("lora", "head", "full")}
     assert sizes["head"] < sizes["lora"] < sizes["full"]
+    # One GLUE average: `report` on the same runs gives train-all's numbers (task scores: STS-B is the mean of
+    # Pearson and Spearman at the best evaluation).
+    import csv
+
+    from roberta_lora.training.report import write_report
+    table_rows = {(r["task"], r["method"]): r for r in csv.DictReader((tmp_path / "all/train-all.csv").open())}
+    report = write_report(tmp_path / "all", destination=tmp_path / "report")
+    for average in report.averages:
+        ours = [float(table_rows[(t, average.method)]["task_score"]) for t in ("rte", "stsb")]
+        assert average.ours == pytest.approx(100 * sum(ours) / 2, abs=1e-6), average.method
+        assert f"{average.ours:.2f}" in table.split("**GLUE average**")[1].splitlines()[0]
+    for row in report.rows:
+        assert row.task_score == pytest.approx(100 * float(table_rows[(row.task, row.method)]["task_score"]))
 
 
 @pytest.mark.parametrize("argv, message", [

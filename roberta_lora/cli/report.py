@@ -37,7 +37,7 @@ def run_report(args: argparse.Namespace) -> int:
 
         known = [k for k, v in load_paper_results().items() if isinstance(v, dict) and k != "metrics"]
         if args.compare not in known:
-            raise ConfigError(f"--compare {args.compare!r}: no published numbers by that name; expected one of {known}")
+            raise ConfigError(f"--compare {args.compare!r} is not in paper_results.toml; expected one of: {', '.join(known)}")
     from roberta_lora.training.report import write_report  # torch-heavy: only when the command runs
 
     report = write_report(args.output_dir, compare=args.compare, destination=args.output)

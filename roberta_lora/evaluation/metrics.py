@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -180,3 +180,16 @@ def compute_metrics(metric_names: Sequence[str], predictions: Any, references: A
         )
     preds, refs = _as_pair(predictions, references)
     return {name: METRIC_FUNCTIONS[name](preds, refs) for name in metric_names}
+
+
+def task_score(metrics: Mapping[str, float], task_metrics: Sequence[str]) -> float:
+    """One number per GLUE task, as the GLUE leaderboard ranks: the mean of the scores the task reports, i.e.
+    of `task_metrics` (its task file's `metrics`) on every validation split (MRPC / QQP: accuracy and F1;
+    STS-B: Pearson and Spearman; MNLI: matched and mismatched accuracy; CoLA: Matthews correlation), keys as
+    `evaluate` writes them (`accuracy`, `accuracy_mismatched`, ...). The GLUE average is the mean of these
+    over the GLUE tasks, in train-all, report and its plot alike. NaN when `metrics` holds none of them."""
+    values = [float(v) for k, v in metrics.items()
+              if (k in task_metrics or any(k.startswith(n + "_") and k.removeprefix(n + "_").isidentifier()
+                                           and k.removeprefix(n + "_") not in task_metrics for n in task_metrics))
+              and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else float("nan")

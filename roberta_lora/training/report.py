@@ -23,6 +23,7 @@ from typing import Any
 from roberta_lora.data.recipes import load_paper_results
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
+from roberta_lora.evaluation.metrics import task_score
 from roberta_lora.fileio import atomic_write_text
 from roberta_lora.training.report_plot import plot_results
 from roberta_lora.training.rundir import is_run_folder
@@ -35,7 +36,7 @@ REPORT_FILES = ("results.md", "results.csv", "results.png")
 # First line of results.md: how `report` recognises the results.* files it may replace.
 MARKDOWN_MARKER = "<!-- written by `roberta-lora report`; results.csv and results.png beside it -->"
 CSV_COLUMNS = ("task", "method", "recipe", "metric", "n_seeds", "median", "mean", "std", "min", "max", "paper",
-               "difference")
+               "difference", "task_score")
 # What a hand-edited or damaged run file can raise while it is read (read_run_result trusts its JSON's shape).
 _BROKEN_FILE = (ValueError, KeyError, TypeError, AttributeError)
 
@@ -79,6 +80,7 @@ class ReportRow:
     paper: float | None = None
     difference: float | None = None  # median - paper, in percentage points
     sources: list[Path] = field(default_factory=list)
+    task_score: float | None = None  # GLUE tasks: the median over seeds of `metrics.task_score` (percent)
 
     def csv_record(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in CSV_COLUMNS}
@@ -87,7 +89,8 @@ class ReportRow:
 
 @dataclass
 class GlueAverage:
-    """The mean of the GLUE tasks' medians of one method and recipe (and the paper's over the same tasks)."""
+    """One method and recipe: the GLUE average (the mean of the tasks' `task_score`s, train-all's number) and,
+    when comparing, the mean of the paper's metrics over the same tasks, ours and the paper's."""
 
     method: str
     recipe: str
@@ -95,6 +98,7 @@ class GlueAverage:
     ours: float
     paper: float | None = None
     left_out: list[str] = field(default_factory=list)  # GLUE tasks present with no published number
+    ours_in_paper_metrics: float | None = None  # the mean of the rows' medians (the paper's metric per task)
 
 
 @dataclass
@@ -286,10 +290,12 @@ def make_row(key: tuple[str, str, str], metric: str, runs: Sequence[SeedScore], 
     stats = metric_statistics([{metric: r.best_metrics[metric]} for r in runs])[metric]
     k = runs[0].percent_factor
     median = k * stats["median"]
+    names = load_task(key[0]).metrics if key[0] in GLUE_TASKS else ()
+    score = 100 * statistics.median(task_score(r.best_metrics, names) for r in runs) if names else None
     return ReportRow(*key, metric=metric, n_seeds=len(runs), median=median, mean=k * stats["mean"],
                      std=k * stats["std"] if len(runs) > 1 else None, min=k * stats["min"], max=k * stats["max"], paper=paper,
                      difference=None if paper is None else median - paper,
-                     sources=list(dict.fromkeys(r.source for r in runs)))
+                     sources=list(dict.fromkeys(r.source for r in runs)), task_score=score)
 
 
 def _task_order(key: tuple[str, str, str]) -> tuple[int, str, str, str]:
@@ -306,9 +312,10 @@ def glue_averages(rows: Sequence[ReportRow], paper: Published | None) -> list[Gl
         if covered:
             names = [r.task for r in covered]
             averages.append(GlueAverage(
-                method, recipe, names, statistics.fmean(r.median for r in covered),
+                method, recipe, names, statistics.fmean(r.task_score for r in covered),
                 statistics.fmean(paper.scores[t] for t in names) if paper else None,
-                [r.task for r in glue if r.task not in names]))
+                [r.task for r in glue if r.task not in names],
+                statistics.fmean(r.median for r in covered) if paper else None))
     return averages
 
 
@@ -328,7 +335,11 @@ def render_markdown(root: Path, rows: Sequence[ReportRow], averages: Sequence[Gl
         lines.append(_table_line(cells, paper, r.paper, r.difference))
     for a in averages:
         cells = ["**GLUE average**", *([a.method, a.recipe] if several else []), f"{len(a.tasks)} tasks", _num(a.ours), "", "", ""]
-        lines.append(_table_line(cells, paper, a.paper, None if a.paper is None else a.ours - a.paper))
+        lines.append(_table_line(cells, paper, None, None))
+        if a.paper is not None:  # like for like with the paper: its metric per task, averaged
+            cells = ["mean of the paper's metrics", *([a.method, a.recipe] if several else []), f"{len(a.tasks)} tasks",
+                     _num(a.ours_in_paper_metrics), "", "", ""]
+            lines.append(_table_line(cells, paper, a.paper, a.ours_in_paper_metrics - a.paper))
     for a in averages:
         lines += ["", _average_note(a, several)]
     lines += ["", "Runs:", ""]
@@ -360,7 +371,11 @@ def _explanation(paper: Published | None, pair: tuple[str, str] | None) -> str:
 def _average_note(average: GlueAverage, several: bool) -> str:
     which = f" ({average.method}, {average.recipe})" if several else ""
     left_out = f"; left out (no published number): {', '.join(average.left_out)}" if average.left_out else ""
-    return f"GLUE average{which} over {', '.join(average.tasks)}{left_out}."
+    return (f"GLUE average{which} over {', '.join(average.tasks)}{left_out}: the mean of the task scores (each the "
+            "median over seeds of the mean of the metrics the task reports, as on the GLUE leaderboard: MRPC and QQP "
+            "accuracy and F1, STS-B Pearson and Spearman, MNLI matched and mismatched), the number train-all gives"
+            + (". The paper reports one metric per task, so it is compared on the row below it" if average.paper
+               is not None else "") + ".")
 
 
 def _num(value: float | None, signed: bool = False) -> str:

@@ -58,9 +58,12 @@ def _plot_ours(axes: Any, slots: list[str], pair: tuple[str, str], rows: Sequenc
                   label=f"ours: {pair[0]}, recipe {pair[1]} (median, min to max)")
     labels = [(xi, r.median, r.max) for xi, r in zip(x, ours, strict=True)]
     for a in averages:
-        if (a.method, a.recipe) == pair:
+        if (a.method, a.recipe) == pair:  # the GLUE average (task scores: train-all's number), filled
             axes.plot([len(slots) - 1 + offset], [a.ours], "s", color=color, markersize=7)
             labels.append((len(slots) - 1 + offset, a.ours, a.ours))
+            if a.ours_in_paper_metrics is not None:  # like for like with the paper's diamond: hollow
+                axes.plot([len(slots) - 0.85 + offset], [a.ours_in_paper_metrics], "s", markerfacecolor="none",
+                          markeredgecolor=color, markersize=7, label="ours in the paper's metrics (mean)")
     for xi, value, top in labels:
         axes.annotate(f"{value:.1f}", (xi, top), textcoords="offset points", xytext=(0, 6), ha="center",
                       fontsize=8, color=color)
