@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from roberta_lora.cli.output import is_main_process
+    from roberta_lora.cli.output import is_main_process, silence_progress_bars
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if getattr(args, "no_progress", False):
-        quiet_progress_bars()
+        silence_progress_bars()
     try:
         return int(args.handler(args) or 0)
     except RobertaLoraError as error:
@@ -75,21 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roberta-lora {args.command}: interrupted; files written before are kept "
               "(a training run continues with --resume)", file=sys.stderr)
         return 130
-
-
-def quiet_progress_bars() -> None:
-    """`--no-progress`: tqdm's, huggingface_hub's, datasets' and transformers' bars off. The environment
-    covers libraries imported later (a fresh process imports them after this); those already imported
-    (another caller of `main` in this process) are switched off through their own functions."""
-    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].utils.disable_progress_bars()
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
 
 
 MAX_MESSAGE = 1500  # characters: an error quoting a 50 MB line of a broken file must stay readable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 
 def is_main_process() -> bool:
@@ -19,9 +20,16 @@ def print_json(data: object) -> None:
 
 
 def silence_progress_bars() -> None:
-    """`--no-progress`: ours are switched off by the caller; transformers' and datasets' here too."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
+    """`--no-progress` (every command; `main` calls this once): tqdm's, huggingface_hub's, datasets' and
+    transformers' bars off. The environment covers libraries imported later (a fresh process imports them
+    after this, so nothing heavy is imported here); those already imported (another caller of `main` in
+    this process) are switched off through their own functions. Our own bars: `progress=False`."""
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()

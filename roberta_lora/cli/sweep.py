@@ -6,7 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from roberta_lora.cli.output import silence_progress_bars
 from roberta_lora.cli.train import add_training_flags, training_overrides
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
@@ -36,8 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from roberta_lora.training.sweep import grid_sweep, optuna_sweep, parse_grid
 
-    if args.no_progress:
-        silence_progress_bars()
     if args.optuna is not None and args.optuna < 1:
         raise ConfigError(f"--optuna {args.optuna}: expected a number of trials >= 1")
     overrides = training_overrides(args)  # run_glue spellings (--task_name, ...) become ours here

@@ -19,7 +19,7 @@ from roberta_lora.choices import (
     QUANTIZE,
     TRACKERS,
 )
-from roberta_lora.cli.output import print_json, silence_progress_bars
+from roberta_lora.cli.output import print_json
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
 from roberta_lora.sources import resolve_adapter
@@ -271,8 +271,6 @@ def training_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.no_progress:
-        silence_progress_bars()
     overrides = {**training_overrides(args), "overwrite": args.overwrite}
     if args.init_from:  # a folder, or a hub repo id (cached offline)
         overrides["init_from"] = str(resolve_adapter(args.init_from))
@@ -397,8 +395,6 @@ def run_train_all(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tasks {args.tasks!r} names no task; pass a comma list such as --tasks sst2,rte, or leave "
                           "it out for every GLUE task with data under --data-dir")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.no_progress:
-        silence_progress_bars()
     table = train_all(tasks, methods, training_overrides(args), config_file=args.config,
                       output_dir=args.output_dir, progress=not args.no_progress, seeds=args.seeds)
     print(table.markdown)
