@@ -72,12 +72,8 @@ class AdapterBank(nn.Module):
 
     def push_to_hub(self, repo_id: str, adapter_name: str | None = None, **kwargs: Any) -> str:
         """Upload one adapter (default: the active one) as `LoraWrapperRoberta.push_to_hub` does."""
-        name = self._active if adapter_name is None else adapter_name
-        self._require_known(name)
-        if name == self._active:
-            return self.model.push_to_hub(repo_id, **kwargs)
         with tempfile.TemporaryDirectory(prefix="roberta-lora-push-") as staging:
-            folder = self.save_adapter(Path(staging) / "adapter", adapter_name=name)
+            folder = self.save_adapter(Path(staging) / "adapter", adapter_name=adapter_name)  # checks the name
             return push_adapter(folder, repo_id, **kwargs)
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:

@@ -24,20 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from roberta_lora.data.recipes import check_published_name
+    from roberta_lora.training.report_checks import check_runs_root
 
-    from roberta_lora.errors import ConfigError
-
-    root = Path(args.output_dir)  # checked before the heavy imports: a mistake is answered at once
-    if not root.is_dir():
-        raise ConfigError(f"OUTPUT_DIR {root} {'is a file' if root.exists() else 'does not exist'}; expected the "
-                          "folder holding your runs (e.g. outputs/): pass the folder train or train-all wrote into")
+    check_runs_root(args.output_dir)  # before the heavy imports below: a mistake is answered at once
     if args.compare is not None:
-        from roberta_lora.data.recipes import load_paper_results
-
-        known = [k for k, v in load_paper_results().items() if isinstance(v, dict) and k != "metrics"]
-        if args.compare not in known:
-            raise ConfigError(f"--compare {args.compare!r} is not in paper_results.toml; expected one of: {', '.join(known)}")
+        check_published_name(args.compare)
     from roberta_lora.training.report import write_report  # torch-heavy: only when the command runs
 
     report = write_report(args.output_dir, compare=args.compare, destination=args.output)

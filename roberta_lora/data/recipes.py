@@ -119,6 +119,15 @@ def load_recipe(name_or_path: str | Path) -> NamedRecipe | None:
                        tasks={k: dict(v) for k, v in tasks.items()}, path=path)
 
 
+def check_published_name(name: str, published: dict[str, Any] | None = None) -> None:
+    """ConfigError unless `name` is a table of recipes/paper_results.toml (`report --compare NAME`)."""
+    published = load_paper_results() if published is None else published
+    names = sorted(k for k, v in published.items() if isinstance(v, dict) and k != "metrics")
+    if name not in names:
+        raise ConfigError(f"--compare {name!r} is not in paper_results.toml; expected one of: "
+                          f"{', '.join(names) or '(none)'}: pass one of those names")
+
+
 def load_paper_results() -> dict[str, Any]:
     """The published numbers recipes are compared with (recipes/paper_results.toml): a [metrics] table
     (the metric each task reports) and one table per recipe name of task -> score in percent."""

@@ -189,7 +189,6 @@ def task_score(metrics: Mapping[str, float], task_metrics: Sequence[str]) -> flo
     `evaluate` writes them (`accuracy`, `accuracy_mismatched`, ...). The GLUE average is the mean of these
     over the GLUE tasks, in train-all, report and its plot alike. NaN when `metrics` holds none of them."""
     values = [float(v) for k, v in metrics.items()
-              if (k in task_metrics or any(k.startswith(n + "_") and k.removeprefix(n + "_").isidentifier()
-                                           and k.removeprefix(n + "_") not in task_metrics for n in task_metrics))
+              if (k in task_metrics or any(k.startswith(n + "_") for n in task_metrics))
               and isinstance(v, (int, float)) and not isinstance(v, bool)]
     return sum(values) / len(values) if values else float("nan")

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roberta_lora.data.recipes import load_paper_results
+from roberta_lora.data.recipes import check_published_name, load_paper_results
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
 from roberta_lora.evaluation.metrics import task_score
 from roberta_lora.fileio import atomic_write_text
+from roberta_lora.training.report_checks import check_runs_root
 from roberta_lora.training.report_plot import plot_results
 from roberta_lora.training.rundir import is_run_folder
 from roberta_lora.training.seeds import SUMMARY, SUMMARY_FORMAT, metric_statistics, read_run_result
@@ -132,10 +133,7 @@ def write_report(output_dir: str | Path, compare: str | None = None, destination
         ConfigError: `output_dir` missing or without a finished run, an unknown `compare` name, or a
             destination holding results.* files that `report` did not write.
     """
-    root = Path(output_dir)
-    if not root.is_dir():
-        raise ConfigError(f"OUTPUT_DIR {root} {'is a file' if root.exists() else 'does not exist'}; expected the "
-                          "folder holding your runs (e.g. outputs/): pass the folder train or train-all wrote into")
+    root = check_runs_root(output_dir)
     target = Path(destination) if destination is not None else root
     check_destination(target)
     paper = paper_numbers(compare) if compare else None
@@ -177,10 +175,7 @@ def paper_numbers(name: str) -> Published:
     """The published scores of `name` in recipes/paper_results.toml and the metric each task reports."""
     published = load_paper_results()
     metrics = published.get("metrics", {})
-    names = sorted(k for k, v in published.items() if isinstance(v, dict) and k != "metrics")
-    if name not in names:
-        raise ConfigError(f"--compare {name!r} is not in paper_results.toml; expected one of: "
-                          f"{', '.join(names) or '(none)'}: pass one of those names")
+    check_published_name(name, published)
     table = published[name]  # task = score in percent, and text such as `source = "..."`
     bad = [f"{k} = {v!r}" for k, v in table.items() if not isinstance(v, (int, float, str)) or isinstance(v, bool)]
     if bad or not isinstance(metrics, dict):
