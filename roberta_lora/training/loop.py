@@ -393,7 +393,7 @@ def save_adapter_with_card(model: LoraWrapperRoberta, directory: Path, spec: Tas
     """The adapter folder with its README.md card, replaced as one unit (a kill never mixes the two)."""
     trainable, total = model.parameter_counts()
     model.adapter_config.max_eval_samples = config.max_eval_samples  # the rows `metrics` are on
-    saved = replace(model.portable_adapter()[0], metrics=dict(metrics))
+    saved = replace(model.adapter_config, metrics=dict(metrics))  # the card reads no tensors: no portable copy
     card = model_card(task=spec.name, description=spec.description, base_model=config.model, metrics=metrics,
                       config=asdict(config), trainable=trainable, total=total, epoch=epoch,
                       front_matter=card_front_matter(saved), squad=spec.kind == "squad")
