@@ -294,7 +294,7 @@ def forward_report(records: list[dict[str, Any]], unused: dict[str, Any], args: 
     rows, summary = [], []
     for r in records:
         vs_base, vs_peft = r["base"] / r["ours"], r["peft"] / r["ours"]
-        rows.append([f"{r['adapters']} / {r['rows']}", f"{r['ours']:.1f}", f"{r['peft']:.1f}", f"{r['base']:.1f}",
+        rows.append([f"{r['adapters']} / {r['rows']}", _ms(r["ours"]), _ms(r["peft"]), _ms(r["base"]),
                      f"{vs_base:.3f}", f"{vs_peft:.3f}"])
         summary.append(f"- {r['adapters']} adapters / {r['rows']} rows: ours' throughput / the base alone's = "
                        f"**{vs_base:.3f}**, {verdict(vs_base, GOAL_VS_BASE, below=False)}; PEFT's time / ours = "
@@ -303,8 +303,8 @@ def forward_report(records: list[dict[str, Any]], unused: dict[str, Any], args: 
     ratio = unused["same"] / unused["mixed"]
     mb = 1024 * 1024
     unused_rows = [
-        [f"{unused['adapters']} x r={unused['rank']}", f"{unused['same']:.1f}", "1.000", f"{unused['held_same'] / mb:.2f}"],
-        [f"{unused['adapters'] - 1} x r={unused['rank']} + 1 x r={unused['large']} (unused)", f"{unused['mixed']:.1f}",
+        [f"{unused['adapters']} x r={unused['rank']}", _ms(unused["same"]), "1.000", f"{unused['held_same'] / mb:.2f}"],
+        [f"{unused['adapters'] - 1} x r={unused['rank']} + 1 x r={unused['large']} (unused)", _ms(unused["mixed"]),
          f"{ratio:.3f}", f"{unused['held_mixed'] / mb:.2f}"]]
     summary.append(f"- {unused['adapters'] - 1} r={unused['rank']} adapters plus one unused r={unused['large']}: "
                    f"throughput / all r={unused['rank']} = **{ratio:.3f}**, "
@@ -333,6 +333,12 @@ def forward_report(records: list[dict[str, Any]], unused: dict[str, Any], args: 
                         "held MB"],
                        unused_rows),
         "\n".join(summary)])
+
+
+def _ms(value: float) -> str:
+    """A time in ms for the tables: one decimal from 10 ms up, two below, so that the ratios printed beside
+    the times can be recomputed from them (at tiny sizes a forward takes 1-2 ms)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def _on_clock(record: dict[str, Any], cpu: bool) -> dict[str, Any]:
