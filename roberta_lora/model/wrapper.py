@@ -98,21 +98,26 @@ class LoraWrapperRoberta(nn.Module):
         model_id: hub id ("roberta-base", "bert-base-uncased", ...), local checkpoint dir, a config (random
             weights: RobertaConfig, BertConfig, DistilBertConfig, ...) or a bare encoder (RobertaModel, BertModel, ...).
             Its config.model_type picks the family; an unsupported one is refused (ConfigError).
-        lora_rank: r. lora_alpha: scale numerator (default: equal to r, i.e. scaling 1 as in the tutorial).
-        lora_dropout: dropout on the LoRA branch. targets: "query,value" (default), "all-linear" or a list.
-        train_biases / train_layer_norms / train_embeddings: which base tensors also train (and are saved).
+        lora_rank: r.
+        lora_alpha: scale numerator (default: equal to r, i.e. scaling 1 as in the tutorial).
+        lora_dropout: dropout on the LoRA branch.
+        targets: "query,value" (default), "all-linear" or a list.
+        train_biases: every Linear bias of the base also trains (and is saved).
+        train_layer_norms: the base's LayerNorms also train (and are saved).
+        train_embeddings: the embeddings also train (and are saved).
         head: "light" (LayerNorm, dropout, Linear) or "roberta" (transformers' classification head); GLUE only.
-        head_dropout: dropout inside the head. label_names: class names in index order (stored in the adapter).
+        head_dropout: dropout inside the head.
+        label_names: class names in index order (stored in the adapter).
         seed: when given, the LoRA A draw and the head initialisation are reproducible (the global RNG is untouched).
         attn_implementation: "sdpa" or "eager" to override the checkpoint's choice.
         task: the task name to record in the adapter (e.g. "sst2").
         method: "lora" (default), "head" (no LoRA, only the head trains) or "full" (everything trains).
         quantize: None, "4bit" (NF4, bf16 compute) or "8bit": load the frozen base through bitsandbytes
             (needs CUDA); LoRA factors and the head stay in full precision.
-        use_rslora: scale by lora_alpha / sqrt(lora_rank) (rsLoRA). use_dora: DoRA (a trained magnitude per
-            output feature). init_lora_weights: a name from `choices.LORA_INITS` ("kaiming",
-            the default). layers_to_transform: the
-            layer indexes that get LoRA (None: all). PEFT's names and meanings; see `lora.variants`.
+        use_rslora: scale by lora_alpha / sqrt(lora_rank) (rsLoRA); PEFT's name and meaning.
+        use_dora: DoRA (a trained magnitude per output feature); PEFT's name and meaning.
+        init_lora_weights: a name from `choices.LORA_INITS` ("kaiming", the default); see `lora.variants`.
+        layers_to_transform: the layer indexes that get LoRA (None: all), as in PEFT.
 
     Like any new nn.Module the model starts in train mode, and every submodule with it (the encoder
     that `from_pretrained` returns in eval mode included); `from_adapter` returns it in eval mode.
@@ -213,7 +218,7 @@ class LoraWrapperRoberta(nn.Module):
     def portable_adapter(self) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         """(config, tensors) of the adapter as its file holds it: what it adds to the unmodified base. The live
         tensors (`adapter_state_dict`), except after a PiSSA / OLoRA start, whose update s (B A - B0 A0) is saved
-        as the rank-2r LoRA [B, -B0] [A; A0] with alpha doubled (sqrt(2) x under rsLoRA), as PEFT converts it."""
+        as the rank-2r LoRA `[B, -B0] [A; A0]` with alpha doubled (sqrt(2) x under rsLoRA), as PEFT converts it."""
         tensors = self.adapter_state_dict()
         layers = lora_layers(self.roberta)
         if not any(layer.lora_A_initial is not None for layer in layers.values()):
