@@ -259,4 +259,4 @@ def test_a_bert_qa_export_needs_get_base_model_in_peft_as_readme_says(tmp_path) 
         through_base = theirs.get_base_model()(input_ids=ids, attention_mask=mask, token_type_ids=segments).start_logits
     torch.testing.assert_close(through_base, ours, atol=1e-5, rtol=0)
     if torch.allclose(through_peft, ours, atol=1e-5):
-        pytest.fail("PEFT now passes token_type_ids on: drop the limitation from README's PEFT interop section")
+        pytest.fail("PEFT now passes token_type_ids on: drop the limitation from docs/guide/many-adapters.md (PEFT interop)")

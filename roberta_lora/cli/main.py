@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
-    for command in subparsers.choices.values():  # README: --no-progress silences every bar, in every command
+    for command in subparsers.choices.values():  # the docs: --no-progress silences every bar, in every command
         if not any("--no-progress" in action.option_strings for action in command._actions):
             command.add_argument("--no-progress", action="store_true",
                                  help="no progress bars (transformers' and datasets' included)")

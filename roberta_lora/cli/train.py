@@ -42,7 +42,7 @@ def _whole_number(text: str) -> int:
 
 
 # transformers' run_glue.py / TrainingArguments (and microsoft/LoRA's --lora_r) spelling -> (our flag, type or
-# the constant it stores). Accepted, hidden from --help's main list; README has the table.
+# the constant it stores). Accepted, hidden from --help's main list; docs/guide/training.md has the table.
 RUN_GLUE_ALIASES: dict[str, tuple[str, object]] = {
     "--model_name_or_path": ("--model", str), "--task_name": ("--task", str), "--output_dir": ("--output-dir", str),
     "--overwrite_output_dir": ("--overwrite", True), "--learning_rate": ("--lr", float),
@@ -132,7 +132,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
                        "--metric-for-best")
     steps.add_argument("--gradient-checkpointing", action="store_const", const=True,
                        help="recompute activations in the backward pass: much less memory, slower steps")
-    variants = parser.add_argument_group("LoRA variants (PEFT's names; see README: LoRA variants)")
+    variants = parser.add_argument_group("LoRA variants (PEFT's names; see docs/guide/model.md, LoRA variants)")
     variants.add_argument("--use-rslora", action=argparse.BooleanOptionalAction, default=None,
                           help="rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r")
     variants.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=None,
@@ -173,7 +173,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
     parser.add_argument("--report-to", choices=TRACKERS, help="log loss, learning rate and validation metrics to "
                         "an experiment tracker (tensorboard: files in the run folder; default none)")
     parser.epilog = ("transformers' run_glue.py spellings are accepted too (--learning_rate, --num_train_epochs, "
-                     "--per_device_train_batch_size, --max_seq_length, --fp16, --bf16, ...): see README, Training.")
+                     "--per_device_train_batch_size, --max_seq_length, --fp16, --bf16, ...): see docs/guide/training.md (run_glue spellings).")
     add_run_glue_aliases(parser)
 
 

@@ -348,6 +348,6 @@ def test_negative_answer_start_is_refused(tmp_path) -> None:
 
 
 def test_kinds_tried() -> None:
-    """The counts the README's Reliability section quotes."""
+    """The counts docs/reliability.md quotes."""
     assert len(GLUE_KINDS) * len(TASK_DIRS) == 126
     assert len(SQUAD_KINDS) + len(JSONL_KINDS) == 30
