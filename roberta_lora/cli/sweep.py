@@ -26,6 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--optuna", type=int, metavar="N",
                        help="N trials of Optuna's sampler over the grid's values, pruned after each epoch, "
                             "instead of every combination (needs optuna: pip install -e '.[sweep]')")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="share the study with other sweep processes, on this machine or others: "
+                            "sqlite:///PATH, journal:PATH (a file on a shared filesystem), postgresql://... or "
+                            "mysql+pymysql://...; each trial and seed runs once, a dead worker's trial is retried "
+                            "(needs optuna; see docs/guide/sweeps.md)")
+    sweep.add_argument("--study-name", default="sweep", help="the study's name in --storage (default sweep)")
+    sweep.add_argument("--heartbeat", type=float, default=60, metavar="SECONDS",
+                       help="with --storage: how often a worker says it is alive; a trial silent for two "
+                            "heartbeats is retried by another worker (default 60)")
     sweep.add_argument("--output-dir", help="sweep folder (default outputs/sweeps/<task>-<timestamp>)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_training_flags(sweep)
@@ -33,10 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from roberta_lora.training.sweep import grid_sweep, optuna_sweep, parse_grid
+    from roberta_lora.training.shared_sweep import check_heartbeat, check_storage_url
+    from roberta_lora.training.sweep import grid_sweep, optuna_sweep, parse_grid, storage_sweep
 
-    if args.optuna is not None and args.optuna < 1:
-        raise ConfigError(f"--optuna {args.optuna}: expected a number of trials >= 1")
+    if args.optuna is not None and not 1 <= args.optuna <= 100_000:
+        raise ConfigError(f"--optuna {args.optuna}: expected a number of trials from 1 to 100000")
+    if args.storage is not None:
+        check_storage_url(args.storage)
+        check_heartbeat(args.heartbeat)
+    elif args.study_name != "sweep" or args.heartbeat != 60:
+        raise ConfigError("--study-name and --heartbeat only apply with --storage URL (a study shared by workers)")
     overrides = training_overrides(args)  # run_glue spellings (--task_name, ...) become ours here
     if not args.task:
         raise ConfigError("sweep needs --task (e.g. --task rte)")
@@ -46,7 +61,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     base = resolve_train_config(spec, {**overrides, "task": args.task, "output_dir": str(root)}, args.config)
     seeds = args.seeds or [base.seed]
     progress = not args.no_progress
-    if args.optuna:
+    if args.storage is not None:
+        rows = storage_sweep(base, grid, seeds, root, args.optuna, args.storage, args.study_name,
+                             check_heartbeat(args.heartbeat), progress=progress)
+    elif args.optuna:
         rows = optuna_sweep(base, grid, seeds, root, args.optuna, progress=progress)
     else:
         rows = grid_sweep(base, grid, seeds, root, progress=progress)

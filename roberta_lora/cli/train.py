@@ -266,7 +266,7 @@ def training_overrides(args: argparse.Namespace) -> dict:
     (RUN_GLUE_ALIASES) are moved onto ours first."""
     resolve_run_glue_aliases(args)
     skip = {"command", "handler", "verbose", "config", "task", "tasks", "methods", "no_progress", "output_dir",
-            "overwrite", "seeds", "grid", "optuna"}
+            "overwrite", "seeds", "grid", "optuna", "storage", "study_name", "heartbeat"}
     return {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in skip and v is not None}
 
 

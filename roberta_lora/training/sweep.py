@@ -142,6 +142,59 @@ def optuna_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[
     return write_table(root, rows, main_metric)
 
 
+def storage_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int], root: Path,
+                  trials: int | None, storage_url: str, study_name: str = "sweep", heartbeat: int = 60,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """The grid (`trials` None) or `trials` Optuna trials, in a study several processes share
+    (`training.shared_sweep`); returns the ranked rows of every trial finished by any of them."""
+    try:
+        import optuna
+    except ModuleNotFoundError:
+        raise ConfigError("--storage needs the optuna package: pip install -e '.[sweep]' (or pip install optuna)") from None
+    from roberta_lora.training import shared_sweep
+
+    heartbeat = shared_sweep.check_heartbeat(heartbeat)
+    if not study_name.strip() or len(study_name) > 256 or not study_name.isprintable():
+        raise ConfigError(f"--study-name {study_name[:80]!r}: expected a short printable name (e.g. rte-lr)")
+    kind = "grid" if trials is None else "optuna"
+    space: dict[str, Any] = {"kind": kind, "task": base.task, "grid": grid, "seeds": list(seeds)}
+    if trials is not None:
+        space["trials"] = trials
+    check_sweep_folder(root, space)
+    storage = shared_sweep.open_storage(storage_url, heartbeat)
+    names = list(grid)
+    if trials is None:
+        slots = [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
+    else:
+        slots = [{} for _ in range(trials)]
+    main_metric = load_task(base.task).main_metric
+    study = shared_sweep.shared_study(storage, study_name, space, slots,
+                                      sampler=optuna.samplers.TPESampler(seed=seeds[0]),
+                                      pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / SWEEP_FILE, space)
+
+    def run_slot(trial: Any, slot: int, params: dict[str, Any]) -> float:
+        logger.info("sweep: trial %d %s (study trial %d)", slot, params, trial.number)
+        config = dataclasses.replace(base, **params, output_dir=str(root / f"trial-{slot:03d}"), seed=seeds[0])
+
+        def report(seed: int, epoch: int, metrics: dict[str, float]) -> None:
+            if kind == "optuna" and seed == seeds[0]:  # prune on the first seed's curve
+                trial.report(metrics[main_metric], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {epoch}: {main_metric} {metrics[main_metric]:.4f}")
+
+        summary = train_seeds(config, seeds, progress=progress, on_epoch_end=report)
+        trial.set_user_attr("summary", summary)
+        return summary["statistics"][main_metric]["median"]
+
+    shared_sweep.work_through(study, storage, run_slot, grid, shared_sweep.lock_folder(storage_url, study_name, root),
+                              heartbeat)
+    rows = shared_sweep.stored_rows(study, lambda slot, params, summary: trial_row(
+        slot, {name: params[name] for name in names}, summary))
+    return write_table(root, rows, main_metric)
+
+
 def trial_row(number: int, params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     main = summary["main_metric"]
     stats = summary["statistics"][main]

@@ -1,0 +1,260 @@
+"""`sweep --storage URL`: several sweep processes share one Optuna study. Each trial and seed runs once, a
+killed worker's trial is retried in its own folder, the table equals the one a single process writes, on
+sqlite, a journal file and (where PostgreSQL is installed) a real PostgreSQL server; and the new flags'
+mistakes are one line each."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from roberta_lora.cli.main import main
+
+from fixtures_glue import write_glue_fixture
+
+optuna = pytest.importorskip("optuna")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("glue")
+    write_glue_fixture(root, "rte", n_train=16, n_dev=8)
+    return root
+
+
+def argv(model: Path, data: Path, root: Path, cache: Path, *extra: str, grid=("lr=1e-3,2e-3", "rank=2,4"),
+         seeds: str = "0,1") -> list[str]:
+    grids = [x for g in grid for x in ("--grid", g)]
+    return ["sweep", "--task", "rte", *grids, "--seeds", seeds, "--model", str(model), "--data-dir", str(data),
+            "--output-dir", str(root), "--epochs", "1", "--batch-size", "8", "--no-progress", "--cache-dir",
+            str(cache), *extra]
+
+
+def worker(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "roberta_lora", *args], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 240) -> None:
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+
+
+def study_of(url: str):
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    else:
+        storage = url
+    return optuna.load_study(study_name="sweep", storage=storage)
+
+
+def worked_slots(study) -> list[int]:
+    """Slots of the trials that completed (or were pruned); the surplus trials a race hands out are not work."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sorted(t.user_attrs["slot"] for t in study.trials if t.state in done)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, glue_dir, tmp_path_factory) -> dict[str, str]:
+    """The single-process sweeps the shared ones must equal: 4 and 2 grid combinations, 2 seeds."""
+    out = {}
+    for name, grid in (("four", ("lr=1e-3,2e-3", "rank=2,4")), ("two", ("lr=1e-3,2e-3",))):
+        root = tmp_path_factory.mktemp(f"ref-{name}")
+        assert main(argv(tiny_model_dir, glue_dir, root / "sweep", root / "cache", grid=grid)) == 0
+        out[name] = (root / "sweep" / "sweep.csv").read_text()
+    return out
+
+
+def url_for(kind: str, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_a_grid_and_write_the_single_process_table(kind, tiny_model_dir, glue_dir, reference,
+                                                                     tmp_path) -> None:
+    url = url_for(kind, tmp_path)
+    root = tmp_path / "sweep"
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [worker(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", url), log) for log in logs]
+    finish(procs, logs)
+    study = study_of(url)
+    assert worked_slots(study) == [0, 1, 2, 3]  # every combination once, none twice
+    fails = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
+    assert not fails
+    assert (root / "sweep.csv").read_text() == reference["four"]
+    # each seed of each trial is one run folder, trained once: one metrics line per epoch
+    for slot in range(4):
+        for seed in (0, 1):
+            lines = (root / f"trial-{slot:03d}" / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()
+            assert len(lines) == 1, (slot, seed, lines)
+    # both workers printed the full table
+    for log in logs:
+        assert "(4 trials)" in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_killed_workers_trial_is_retried_in_its_folder(kind, tiny_model_dir, glue_dir, reference,
+                                                         tmp_path) -> None:
+    url = url_for(kind, tmp_path)
+    root = tmp_path / "sweep"
+    args = argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", url, "--heartbeat", "1",
+                grid=("lr=1e-3,2e-3",))
+    first = worker(args, tmp_path / "first.log")
+    deadline = time.monotonic() + 120
+    while not (root / "trial-000" / "seed-0" / "config.json").exists():  # the first trial's training began
+        assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = worker(args, tmp_path / "second.log")
+    finish([second], [tmp_path / "second.log"])
+    study = study_of(url)
+    assert worked_slots(study) == [0, 1]
+    lost = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("slot") == 0]
+    assert len(lost) == 1  # the killed worker's trial, failed once and run again
+    assert (root / "sweep.csv").read_text() == reference["two"]
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("trial-")) == ["trial-000", "trial-001"]
+
+
+@pytest.mark.slow
+def test_optuna_trials_are_counted_across_workers(tiny_model_dir, glue_dir, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [worker(argv(tiny_model_dir, glue_dir, tmp_path / "sweep", tmp_path / "cache", "--storage", url,
+                         "--optuna", "3", seeds="0"), log) for log in logs]
+    finish(procs, logs)
+    assert worked_slots(study_of(url)) == [0, 1, 2]  # 3 in all, not 3 per worker
+
+
+# ---- PostgreSQL, where Debian's server is installed ------------------------------------------------------
+
+def postgres_bin() -> Path | None:
+    for version in ("17", "16", "15", "14", "13"):
+        folder = Path(f"/usr/lib/postgresql/{version}/bin")
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    return None
+
+
+@pytest.fixture()
+def postgres_url():
+    folder = postgres_bin()
+    if folder is None:
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql); the sqlite and journal "
+                    "cases cover the same code")
+    pytest.importorskip("psycopg", reason="psycopg[binary] (the dev extra) is SQLAlchemy's PostgreSQL driver")
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = Path(tempfile.mkdtemp(prefix="roberta-lora-pg-"))
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    init = subprocess.run([*as_postgres, str(folder / "initdb"), "-D", str(data / "db"), "--auth=trust", "-U",
+                           "postgres"], capture_output=True, text=True)
+    if init.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    start = subprocess.run([*as_postgres, str(folder / "pg_ctl"), "-D", str(data / "db"), "-w", "-l",
+                            str(data / "log"), "-o", f"-p {port} -k {data} -h 127.0.0.1", "start"],
+                           capture_output=True, text=True)
+    if start.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(folder / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_grid_on_postgresql(postgres_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
+    root = tmp_path / "sweep"
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [worker(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", postgres_url), log)
+             for log in logs]
+    finish(procs, logs)
+    assert worked_slots(study_of(postgres_url)) == [0, 1, 2, 3]
+    assert (root / "sweep.csv").read_text() == reference["four"]
+
+
+# ---- the flags' mistakes: one line each, nothing written ---------------------------------------------------
+
+SECRET = "hunter2-very-secret"
+BAD = [
+    (["--storage", ""], "--storage is empty"),
+    (["--storage", "   "], "--storage is empty"),
+    (["--storage", "redis://localhost/0"], "expected sqlite:///PATH, journal:PATH"),
+    (["--storage", "study.db"], "expected sqlite:///PATH, journal:PATH"),
+    (["--storage", "sqlite://"], "three slashes"),
+    (["--storage", "journal:"], "expected journal:PATH"),
+    (["--storage", "journal:/no/such/folder/study.log"], "does not exist; create it first"),
+    (["--storage", "sqlite:////no/such/folder/study.db"], "does not exist; create it first"),
+    (["--storage", f"postgresql://alice:{SECRET}@127.0.0.1:1/db"], "cannot open the study storage"),
+    (["--storage", f"mysql+nosuchdriver://alice:{SECRET}@127.0.0.1:1/db"], "--storage mysql+nosuchdriver://alice:***@"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "0"], "--heartbeat 0"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "-5"], "--heartbeat -5"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "nan"], "--heartbeat nan"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "inf"], "--heartbeat inf"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "1.5"], "--heartbeat 1.5"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "99999"], "--heartbeat 99999"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--heartbeat", "abc"], "invalid float value"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--study-name", ""], "--study-name"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--study-name", "x" * 300], "--study-name"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--study-name", "a\x00b"], "--study-name"),
+    (["--storage", "sqlite:///{tmp}"], "is a folder"),
+    (["--storage", "journal:{tmp}"], "is a folder"),
+    (["--heartbeat", "5"], "only apply with --storage"),
+    (["--study-name", "other"], "only apply with --storage"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--optuna", "0"], "--optuna 0"),
+    (["--storage", "sqlite:///{tmp}/s.db", "--optuna", "10000000"], "--optuna 10000000"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[f"{i}-{' '.join(e)[:40]}" for i, (e, _) in enumerate(BAD)])
+def test_storage_mistakes_are_one_line(extra, message, tiny_model_dir, glue_dir, tmp_path, capsys) -> None:
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    root = tmp_path / "sweep"
+    try:
+        code = main(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", *extra))
+    except SystemExit as exit_:  # argparse's own type errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err and SECRET not in err and len(err) < 2000, err
+    assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_different_sweep_in_the_same_study_is_refused(tiny_model_dir, glue_dir, tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=storage, study_name="sweep", direction="maximize")
+    study.set_user_attr("space", {"kind": "grid", "task": "rte", "grid": {"learning_rate": [0.5]}, "seeds": [0]})
+    study.set_user_attr("ready", True)
+    code = main(argv(tiny_model_dir, glue_dir, tmp_path / "sweep", tmp_path / "cache", "--storage", url))
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a sweep over" in err and "--study-name" in err, err
+    assert len(study_of(url).trials) == 0  # nothing was enqueued into somebody else's study
