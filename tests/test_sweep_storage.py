@@ -51,6 +51,14 @@ def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 240
         assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
 
+def two_workers(model: Path, data: Path, tmp_path: Path, url: str) -> tuple[Path, list[Path]]:
+    """Two concurrent workers on the 4-combination grid sharing `url`; returns the sweep folder and their logs."""
+    root = tmp_path / "sweep"
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    finish([worker(argv(model, data, root, tmp_path / "cache", "--storage", url), log) for log in logs], logs)
+    return root, logs
+
+
 def study_of(url: str):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
@@ -87,10 +95,7 @@ def url_for(kind: str, tmp_path: Path) -> str:
 def test_two_workers_share_a_grid_and_write_the_single_process_table(kind, tiny_model_dir, glue_dir, reference,
                                                                      tmp_path) -> None:
     url = url_for(kind, tmp_path)
-    root = tmp_path / "sweep"
-    logs = [tmp_path / f"w{i}.log" for i in range(2)]
-    procs = [worker(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", url), log) for log in logs]
-    finish(procs, logs)
+    root, logs = two_workers(tiny_model_dir, glue_dir, tmp_path, url)
     study = study_of(url)
     assert worked_slots(study) == [0, 1, 2, 3]  # every combination once, none twice
     fails = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
@@ -190,11 +195,7 @@ def postgres_url():
 
 @pytest.mark.slow
 def test_two_workers_share_a_grid_on_postgresql(postgres_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
-    root = tmp_path / "sweep"
-    logs = [tmp_path / f"w{i}.log" for i in range(2)]
-    procs = [worker(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", postgres_url), log)
-             for log in logs]
-    finish(procs, logs)
+    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, postgres_url)
     assert worked_slots(study_of(postgres_url)) == [0, 1, 2, 3]
     assert (root / "sweep.csv").read_text() == reference["four"]
 

@@ -49,7 +49,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--optuna {args.optuna}: expected a number of trials from 1 to 100000")
     if args.storage is not None:
         check_storage_url(args.storage)
-        check_heartbeat(args.heartbeat)
+        heartbeat = check_heartbeat(args.heartbeat)
     elif args.study_name != "sweep" or args.heartbeat != 60:
         raise ConfigError("--study-name and --heartbeat only apply with --storage URL (a study shared by workers)")
     overrides = training_overrides(args)  # run_glue spellings (--task_name, ...) become ours here
@@ -63,7 +63,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.storage is not None:
         rows = storage_sweep(base, grid, seeds, root, args.optuna, args.storage, args.study_name,
-                             check_heartbeat(args.heartbeat), progress=progress)
+                             heartbeat, progress=progress)
     elif args.optuna:
         rows = optuna_sweep(base, grid, seeds, root, args.optuna, progress=progress)
     else:

@@ -115,7 +115,8 @@ def open_storage(url: str, heartbeat: int) -> Any:
 def _open_rdb(optuna: Any, url: str, scheme: str, heartbeat: int) -> Any:
     engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9's name
-    for attempt in range(4):
+    attempt = 0
+    while True:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -123,16 +124,13 @@ def _open_rdb(optuna: Any, url: str, scheme: str, heartbeat: int) -> Any:
                     {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)}
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                                   grace_period=2 * heartbeat, **callback)
-        except ImportError:
-            raise
         except Exception as error:
             # Workers starting together race to create the schema; the loser finds it made and tries again.
-            if attempt < 3 and ("already exists" in str(error) or "UNIQUE constraint" in str(error)
-                                or "duplicate key" in str(error)):
-                time.sleep(0.5 + attempt)
-                continue
-            raise
-    raise AssertionError("unreachable")
+            text = str(error)
+            if attempt == 3 or not ("already exists" in text or "UNIQUE constraint" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.5 + attempt)
+            attempt += 1
 
 
 def _rdb_error(url: str, scheme: str, error: BaseException) -> ConfigError:

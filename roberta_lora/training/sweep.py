@@ -103,34 +103,19 @@ def optuna_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[
                  progress: bool = True) -> list[dict[str, Any]]:
     """`trials` trials of Optuna's TPE sampler over the grid's values, pruned after each epoch of the first
     seed by the median pruner; the study lives in `<root>/optuna.db`, so a killed sweep continues."""
-    try:
-        import optuna
-    except ModuleNotFoundError:
-        raise ConfigError("--optuna needs the optuna package: pip install -e '.[sweep]' (or pip install optuna); "
-                          "without it, leave --optuna out for a grid sweep") from None
+    optuna = require_optuna("--optuna", "without it, leave --optuna out for a grid sweep")
     space = {"kind": "optuna", "task": base.task, "grid": grid, "seeds": list(seeds), "trials": trials}
     check_sweep_folder(root, space)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / SWEEP_FILE, space)
     main_metric = load_task(base.task).main_metric
     study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{root / 'optuna.db'}", load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seeds[0]),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+                                direction="maximize", **search(seeds))
 
     def objective(trial: Any) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
-        config = dataclasses.replace(base, **params, output_dir=str(root / f"trial-{trial.number:03d}"),
-                                     seed=seeds[0])
-
-        def report(seed: int, epoch: int, metrics: dict[str, float]) -> None:
-            if seed == seeds[0]:  # prune on the first seed's curve
-                trial.report(metrics[main_metric], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: {main_metric} {metrics[main_metric]:.4f}")
-
-        summary = train_seeds(config, seeds, progress=progress, on_epoch_end=report)
-        trial.set_user_attr("summary", summary)
-        return summary["statistics"][main_metric]["median"]
+        return run_trial(trial, base, params, root / f"trial-{trial.number:03d}", seeds, main_metric,
+                         prune=True, progress=progress)
 
     done = sum(t.state.is_finished() for t in study.trials)
     if trials > done:
@@ -147,10 +132,7 @@ def storage_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence
                   progress: bool = True) -> list[dict[str, Any]]:
     """The grid (`trials` None) or `trials` Optuna trials, in a study several processes share
     (`training.shared_sweep`); returns the ranked rows of every trial finished by any of them."""
-    try:
-        import optuna
-    except ModuleNotFoundError:
-        raise ConfigError("--storage needs the optuna package: pip install -e '.[sweep]' (or pip install optuna)") from None
+    require_optuna("--storage")
     from roberta_lora.training import shared_sweep
 
     heartbeat = shared_sweep.check_heartbeat(heartbeat)
@@ -168,31 +150,57 @@ def storage_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence
     else:
         slots = [{} for _ in range(trials)]
     main_metric = load_task(base.task).main_metric
-    study = shared_sweep.shared_study(storage, study_name, space, slots,
-                                      sampler=optuna.samplers.TPESampler(seed=seeds[0]),
-                                      pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study = shared_sweep.shared_study(storage, study_name, space, slots, **search(seeds))
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / SWEEP_FILE, space)
 
     def run_slot(trial: Any, slot: int, params: dict[str, Any]) -> float:
         logger.info("sweep: trial %d %s (study trial %d)", slot, params, trial.number)
-        config = dataclasses.replace(base, **params, output_dir=str(root / f"trial-{slot:03d}"), seed=seeds[0])
-
-        def report(seed: int, epoch: int, metrics: dict[str, float]) -> None:
-            if kind == "optuna" and seed == seeds[0]:  # prune on the first seed's curve
-                trial.report(metrics[main_metric], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: {main_metric} {metrics[main_metric]:.4f}")
-
-        summary = train_seeds(config, seeds, progress=progress, on_epoch_end=report)
-        trial.set_user_attr("summary", summary)
-        return summary["statistics"][main_metric]["median"]
+        return run_trial(trial, base, params, root / f"trial-{slot:03d}", seeds, main_metric,
+                         prune=kind == "optuna", progress=progress)
 
     shared_sweep.work_through(study, storage, run_slot, grid, shared_sweep.lock_folder(storage_url, study_name, root),
                               heartbeat)
     rows = shared_sweep.stored_rows(study, lambda slot, params, summary: trial_row(
         slot, {name: params[name] for name in names}, summary))
     return write_table(root, rows, main_metric)
+
+
+def require_optuna(flag: str, hint: str = "") -> Any:
+    """The optuna module, or a ConfigError saying how to install it."""
+    try:
+        import optuna
+    except ModuleNotFoundError:
+        raise ConfigError(f"{flag} needs the optuna package: pip install -e '.[sweep]' (or pip install optuna)"
+                          + (f"; {hint}" if hint else "")) from None
+    return optuna
+
+
+def search(seeds: Sequence[int]) -> dict[str, Any]:
+    """The sampler and pruner of every Optuna sweep: TPE seeded by the first seed, the median pruner."""
+    import optuna
+
+    return {"sampler": optuna.samplers.TPESampler(seed=seeds[0]),
+            "pruner": optuna.pruners.MedianPruner(n_startup_trials=1)}
+
+
+def run_trial(trial: Any, base: TrainConfig, params: dict[str, Any], folder: Path, seeds: Sequence[int],
+              main_metric: str, prune: bool, progress: bool) -> float:
+    """One Optuna trial: its seed group in `folder` (pruned on the first seed's curve when `prune`), its
+    summary stored on the trial; returns the median of the main metric."""
+    import optuna
+
+    config = dataclasses.replace(base, **params, output_dir=str(folder), seed=seeds[0])
+
+    def report(seed: int, epoch: int, metrics: dict[str, float]) -> None:
+        if prune and seed == seeds[0]:
+            trial.report(metrics[main_metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {main_metric} {metrics[main_metric]:.4f}")
+
+    summary = train_seeds(config, seeds, progress=progress, on_epoch_end=report)
+    trial.set_user_attr("summary", summary)
+    return summary["statistics"][main_metric]["median"]
 
 
 def trial_row(number: int, params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
