@@ -58,7 +58,7 @@ def measure(size: str, seq: int, batch: int, steps: int, calls: int) -> list:
         if index:
             seconds.append(time.process_time() - start)
     step = statistics.median(seconds)
-    return [seq, f"{check * 1e6:.1f}", f"{step:.3f}", f"{check / step:.1e}"]
+    return [seq, f"{check * 1e6:.3g}", f"{step:.4g}", f"{check / step:.1e}"]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
