@@ -329,6 +329,30 @@ def safetensors_header(payload: bytes) -> dict[str, Any]:
     return header
 
 
+def sorted_safetensors_metadata(payload: bytes) -> bytes:
+    """`payload` (a whole safetensors file) with its "__metadata__" keys in sorted order.
+
+    The safetensors library writes the metadata from a hash map, so two saves of the same tensors and the
+    same metadata can order those keys differently: equal content, different bytes and digests. Sorting
+    them makes a save a function of its content. Only the header's bytes change, and only when the
+    re-serialized header has exactly the original length (same keys, same values, compact JSON); otherwise
+    `payload` is returned as it is, still a valid file. The tensors' entries keep their order.
+    """
+    try:
+        header = safetensors_header(payload)
+    except ValueError:
+        return payload
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or len(metadata) < 2:
+        return payload
+    (length,) = struct.unpack("<Q", payload[:8])
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > length or payload[8 + len(text) : 8 + length].strip(b" "):
+        return payload  # not the compact layout this expects: leave it alone
+    return payload[:8] + text + payload[8 + len(text) :]
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     """`safetensors_header` of a file on disk, reading only the header's bytes.
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import copy
 import json
 import re
+import struct
 
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors_bytes
 from transformers import RobertaModel
 
 from roberta_lora.errors import AdapterError
+from roberta_lora.fileio import read_safetensors_header, safetensors_header, sorted_safetensors_metadata
 from roberta_lora.lora.injection import lora_layers
 from roberta_lora.model.config import CONFIG_NAME, WEIGHTS_NAME, adapter_size_bytes
 from roberta_lora.model.toy import toy_config
@@ -59,6 +63,46 @@ def test_save_load_gives_identical_logits(tiny_model_dir, tmp_path, kwargs) -> N
         assert torch.equal(before[key], after[key]), key
     assert restored.adapter_config.metrics == {"accuracy": 0.5}
     assert restored.adapter_config.label_names == kwargs.get("label_names", [])
+
+
+def test_the_same_adapter_saves_to_the_same_bytes(tiny_model_dir, tmp_path) -> None:
+    """safetensors writes its metadata from a hash map; saves sort it, so equal content is equal bytes
+    (and an equal weights_sha256), whatever order the library picked."""
+    model = trained_model(tiny_model_dir, num_classes=2)
+    saved = []
+    for i in range(6):
+        model.save_adapter(tmp_path / f"a{i}")
+        saved.append(((tmp_path / f"a{i}" / WEIGHTS_NAME).read_bytes(), (tmp_path / f"a{i}" / CONFIG_NAME).read_bytes()))
+    assert all(s == saved[0] for s in saved[1:])
+    header = read_safetensors_header(tmp_path / "a0" / WEIGHTS_NAME)
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    restored = LoraWrapperRoberta.from_adapter(tmp_path / "a0")  # the digest and the tensors still check
+    assert restored.adapter_config.lora_alpha == model.adapter_config.lora_alpha
+
+
+@pytest.mark.parametrize("metadata", [
+    {"b": "2", "a": "1", "format": "pt"},
+    {"z": "naïve ☃", "a": "\u00e9 \"quoted\" \\ back", "c": "\x01\t", "format": "pt"},  # escapes as serde writes them
+    {"format": "pt"},
+    None,
+])
+def test_sorting_the_metadata_keeps_a_valid_file_with_the_same_content(metadata) -> None:
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float16)}
+    payload = save_safetensors_bytes(tensors, metadata=metadata)
+    fixed = sorted_safetensors_metadata(payload)
+    start = 8 + struct.unpack("<Q", payload[:8])[0]  # only the header's bytes may change
+    assert len(fixed) == len(payload) and fixed[:8] == payload[:8] and fixed[start:] == payload[start:]
+    loaded = load_safetensors_bytes(fixed)
+    assert sorted(loaded) == sorted(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    header = safetensors_header(fixed)
+    assert header.get("__metadata__", {}) == (metadata or {})
+    assert list(header.get("__metadata__", {})) == sorted(metadata or {})
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00" * 7, b"\xff" * 16, b"\x04\x00\x00\x00\x00\x00\x00\x00[1] ",
+                                     b"\x02\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_sorting_the_metadata_leaves_what_is_not_a_safetensors_file_alone(payload) -> None:
+    assert sorted_safetensors_metadata(payload) == payload
 
 
 def test_file_holds_only_trainable_tensors_and_config_fields(tiny_model_dir, tmp_path) -> None:

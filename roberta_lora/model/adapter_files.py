@@ -36,6 +36,7 @@ from roberta_lora.fileio import (
     replace_folder_atomically,
     restore_interrupted_replace,
     safetensors_header,
+    sorted_safetensors_metadata,
 )
 from roberta_lora.model.config import (
     ALPHA_KEY,
@@ -145,11 +146,11 @@ def save_adapter_files(directory: str | Path, tensors: Mapping[str, torch.Tensor
         )
     extra_files = dict(extra_files or {})
     _check_extra_files(directory, extra_files)
-    payload = save_safetensors_bytes(
+    payload = sorted_safetensors_metadata(save_safetensors_bytes(
         {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
         metadata={"format": "pt", "producer": "roberta-lora", ALPHA_KEY: repr(float(config.lora_alpha)),
                   RSLORA_KEY: str(bool(config.use_rslora)).lower()},
-    )
+    ))  # the same adapter saves to the same bytes (and digest)
     config_text = config_json_with_digest(config, hashlib.sha256(payload).hexdigest())
 
     def fill(folder: Path) -> None:

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from roberta_lora.errors import AdapterError
+from roberta_lora.fileio import atomic_write_bytes, sorted_safetensors_metadata
 from roberta_lora.model.base import load_base_encoder
 from roberta_lora.model.config import AdapterConfig, head_attribute
 from roberta_lora.model.families import Family, build_encoder, family_of
@@ -60,8 +62,8 @@ class MergedClassifier(nn.Module):
         """The encoder as a transformers checkpoint, the head as light_head.safetensors / roberta_head.safetensors."""
         self.roberta.save_pretrained(directory)
         state = {n: t.detach().to("cpu").contiguous() for n, t in self.classifier.state_dict().items()}
-        save_file(state, Path(directory) / HEAD_FILES[self.head_kind],
-                  metadata={"format": "pt", "producer": "roberta-lora"})
+        payload = save_safetensors_bytes(state, metadata={"format": "pt", "producer": "roberta-lora"})
+        atomic_write_bytes(Path(directory) / HEAD_FILES[self.head_kind], sorted_safetensors_metadata(payload))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, head_dropout: float = 0.1,
