@@ -214,6 +214,26 @@ def test_load_2000_requests_from_32_clients(server, offline):
     assert samples[("serve_batch_size_count", ())] > single  # some batches held more than one example
 
 
+def test_an_idle_keep_alive_connection_outlives_the_client_pools_expiry(server):
+    """A pooled client (httpx drops idle connections after 5 s) must never send on a connection the server is
+    closing: the server keeps an idle one open longer than that, so a request 6 s later is answered on the
+    same socket (with uvicorn's 5 s default it met a closed connection: the load test's rare read error)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() and connection.sock is not None
+        socket_before = connection.sock
+        time.sleep(6.0)
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read()
+        assert connection.sock is socket_before  # not a reconnect
+    finally:
+        connection.close()
+
+
 def test_the_grouped_engine_equals_offline_predictor(tiny_model_dir, adapter_dirs, offline):
     inputs = [example(a, i) for i in range(4) for a in ADAPTERS]
     with RunningServer(serve_config(tiny_model_dir, adapter_dirs, engine="grouped")) as running, \

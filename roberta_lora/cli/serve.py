@@ -93,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"serving needs fastapi and uvicorn ({error.name} is missing); run "
                           'pip install -e ".[serve]" in the roberta-lora checkout') from None
     from roberta_lora.serving.access import is_loopback
-    from roberta_lora.serving.config import ServeConfig
+    from roberta_lora.serving.config import UVICORN_OPTIONS, ServeConfig
 
     config = ServeConfig(model=args.model, adapters=adapters, engine=args.engine,
                          batch_window_ms=args.batch_window_ms, max_batch_tokens=args.max_batch_tokens,
@@ -116,5 +116,5 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"roberta-lora serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "port can use the server; pass --api-key (or set ROBERTA_LORA_API_KEY)", file=sys.stderr)
     uvicorn.run(create_app(config, server=server), host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=30)
+                **UVICORN_OPTIONS)
     return 0

@@ -19,6 +19,12 @@ LIMITS = (
     ("request_timeout_s", 0.0, 3600.0, False),
 )
 
+# How uvicorn runs the app, for `serve` and the tests alike. An idle keep-alive connection is closed after
+# 20 s, longer than the idle time after which pooled clients stop reusing one (httpx 5 s, aiohttp 15 s):
+# with uvicorn's own 5 s, server and httpx expire a connection together, and a client can send a request
+# on a connection the server is closing at that moment (it sees a read error, not an answer).
+UVICORN_OPTIONS = {"timeout_keep_alive": 20, "timeout_graceful_shutdown": 30}
+
 
 @dataclass
 class ServeConfig:
