@@ -104,7 +104,7 @@ class Guard:
         value = headers.get("content-length")
         if value is None:
             return None
-        if not value.strip().isdigit():
+        if not (value.isascii() and value.strip().isdigit()):  # "²" and "١٢" are str.isdigit() too
             return ApiError(400, f"Content-Length {value[:40]!r} is not a number of bytes")
         if int(value) > self.settings.max_body_bytes:
             return self._too_large()

@@ -322,3 +322,36 @@ def test_every_status_the_harness_saw_is_in_the_schema(outcomes, tiny_model_dir)
             assert str(case.status) in operation["responses"], (case.name, case.status)
     assert document["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
     assert document["components"]["schemas"]["ErrorBody"]["required"] == ["error", "field"]
+
+
+@pytest.mark.parametrize("value, status", [("\xb2", 400), ("\xb9\xb2", 400), ("1\xa0", 400), ("12x", 400),
+                                           ("-1", 400), ("", 400), (" 2 ", 200), ("2", 200), ("99999999999", 413)])
+def test_the_guard_reads_content_length_as_ascii_digits(value, status):
+    """Straight at the middleware (HTTP parsers in front of it differ in what they let through): a
+    Content-Length that is not ASCII digits is 400 (headers arrive as latin-1, where "²" is a digit to
+    str.isdigit and an error to int: a 500 before), one over the limit is 413."""
+    import asyncio
+
+    from roberta_lora.serving.guard import Guard, GuardSettings
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = Guard(app, GuardSettings(api_key=None, admin_key=None, max_body_bytes=1024), metrics=lambda: None)
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"content-length", value.encode("latin-1"))]}
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == status, sent
+    if status != 200:
+        body = json.loads(sent[1]["body"])
+        assert set(body) == {"error", "field"} and len(body["error"]) < 200
