@@ -89,14 +89,13 @@ class RunningServer:
         import uvicorn
 
         from roberta_lora.serving.app import create_app
-        from roberta_lora.serving.config import UVICORN_OPTIONS
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(config)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level=log_level, lifespan="on",
-                                                    **UVICORN_OPTIONS))
+                                                    **config.uvicorn_options()))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> RunningServer:

@@ -426,6 +426,11 @@ def test_start_up_mistakes_are_one_line_and_exit_2(tiny_model_dir, root, tmp_pat
         (["--model", model, "--max-adapter-memory-mb", "nan"], "--max-adapter-memory-mb"),
         (["--model", model, "--max-body-mb", "0"], "--max-body-mb"),
         (["--model", model, "--request-timeout-s", "-1"], "--request-timeout-s"),
+        (["--model", model, "--keep-alive-s", "0"], "--keep-alive-s"),
+        (["--model", model, "--keep-alive-s", "-5"], "--keep-alive-s"),
+        (["--model", model, "--keep-alive-s", "nan"], "--keep-alive-s"),
+        (["--model", model, "--keep-alive-s", "inf"], "--keep-alive-s"),
+        (["--model", model, "--keep-alive-s", "3601"], "--keep-alive-s"),
         (["--model", model, "--api-key", "short"], "--api-key"),
         (["--model", model, "--device", "cuda"], "CUDA"),
         (["--model", model, "--dtype", "float16"], "float16"),
@@ -434,6 +439,12 @@ def test_start_up_mistakes_are_one_line_and_exit_2(tiny_model_dir, root, tmp_pat
         assert main(["serve", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and word in err, (argv, err)
+    for value in ("20s", "", "1e999999x"):  # not a number: argparse's usage line, then one error line
+        with pytest.raises(SystemExit) as stop:
+            main(["serve", "--model", model, "--keep-alive-s", value])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "Traceback" not in err, (value, err)
+        assert err.strip().splitlines()[-1].endswith(f"argument --keep-alive-s: invalid float value: {value!r}")
 
 
 def test_a_public_address_without_a_key_warns(tiny_model_dir, root, capsys, monkeypatch):
@@ -449,6 +460,45 @@ def test_a_public_address_without_a_key_warns(tiny_model_dir, root, capsys, monk
     assert main([*argv, "--host", "0.0.0.0"]) == 0
     assert main([*argv]) == 0
     assert capsys.readouterr().err == "" and [k["host"] for k in started] == ["0.0.0.0", "0.0.0.0", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("value", ["20", True, None, float("nan"), float("inf"), 0, -1.0, 3600.5, [20]])
+def test_serve_config_refuses_a_bad_keep_alive(value):
+    from roberta_lora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--keep-alive-s must be") as error:
+        ServeConfig(model="m", keep_alive_s=value).validate()
+    assert repr(value) in str(error.value)
+
+
+def test_keep_alive_reaches_uvicorn(tiny_model_dir, root, monkeypatch):
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
+    argv = ["serve", "--model", str(tiny_model_dir), "--adapter", f"sst2={root / 'sst2'}"]
+    assert main(argv) == 0 and main([*argv, "--keep-alive-s", "75"]) == 0 and main([*argv, "--keep-alive-s", "0.5"]) == 0
+    assert [k["timeout_keep_alive"] for k in started] == [20.0, 75.0, 0.5]
+
+
+def test_an_idle_connection_is_closed_after_keep_alive_s(tiny_model_dir, root):
+    """The server closes an idle keep-alive connection after --keep-alive-s (here 0.5 s), not before."""
+    import http.client
+
+    with RunningServer(config(tiny_model_dir, root, keep_alive_s=0.5)) as running:
+        connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+        try:
+            connection.request("GET", "/health")
+            assert connection.getresponse().read()
+            connection.sock.settimeout(0.1)
+            with pytest.raises(TimeoutError):  # still open right after the answer
+                connection.sock.recv(1)
+            connection.sock.settimeout(5)
+            started = time.monotonic()
+            assert connection.sock.recv(1) == b""  # the server closed it
+            assert time.monotonic() - started < 2.0
+        finally:
+            connection.close()
 
 
 def test_bfloat16_serving_answers_like_float32(tiny_model_dir, root, offline):

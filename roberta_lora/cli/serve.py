@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="request body size (default 4); larger bodies get 413 before they are read")
     limits.add_argument("--request-timeout-s", type=float, default=60.0, metavar="S",
                         help="time a request may take, body upload included, before it gets 504 (default 60)")
+    limits.add_argument("--keep-alive-s", type=float, default=20.0, metavar="S",
+                        help="how long an idle keep-alive connection stays open (default 20; behind a load "
+                             "balancer, more than its idle timeout)")
     limits.add_argument("--max-adapter-memory-mb", type=float, default=None, metavar="MB",
                         help="memory for loaded adapters; the least recently used are dropped and reloaded on "
                              "demand (default: no limit)")
@@ -93,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"serving needs fastapi and uvicorn ({error.name} is missing); run "
                           'pip install -e ".[serve]" in the roberta-lora checkout') from None
     from roberta_lora.serving.access import is_loopback
-    from roberta_lora.serving.config import UVICORN_OPTIONS, ServeConfig
+    from roberta_lora.serving.config import ServeConfig
 
     config = ServeConfig(model=args.model, adapters=adapters, engine=args.engine,
                          batch_window_ms=args.batch_window_ms, max_batch_tokens=args.max_batch_tokens,
@@ -101,6 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_adapter_memory_mb=args.max_adapter_memory_mb, api_key=api_key, admin_key=admin_key,
                          adapter_roots=args.adapter_root, allow_hub_adapters=args.allow_hub_adapters,
                          max_body_mb=args.max_body_mb, request_timeout_s=args.request_timeout_s,
+                         keep_alive_s=args.keep_alive_s,
                          device=args.device, dtype=args.dtype)
     config.validate()  # every number and key, before the model is loaded
     from roberta_lora.serving.app import (  # torch-heavy: only once the flags are sound
@@ -116,5 +120,5 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"roberta-lora serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "port can use the server; pass --api-key (or set ROBERTA_LORA_API_KEY)", file=sys.stderr)
     uvicorn.run(create_app(config, server=server), host=args.host, port=args.port, log_level="info",
-                **UVICORN_OPTIONS)
+                **config.uvicorn_options())
     return 0

@@ -17,13 +17,14 @@ LIMITS = (
     ("max_adapter_memory_mb", 0.0, 1_048_576.0, False),
     ("max_body_mb", 0.0, 1024.0, False),
     ("request_timeout_s", 0.0, 3600.0, False),
+    ("keep_alive_s", 0.0, 3600.0, False),
 )
 
-# How uvicorn runs the app, for `serve` and the tests alike. An idle keep-alive connection is closed after
-# 20 s, longer than the idle time after which pooled clients stop reusing one (httpx 5 s, aiohttp 15 s):
-# with uvicorn's own 5 s, server and httpx expire a connection together, and a client can send a request
-# on a connection the server is closing at that moment (it sees a read error, not an answer).
-UVICORN_OPTIONS = {"timeout_keep_alive": 20, "timeout_graceful_shutdown": 30}
+# How long an idle keep-alive connection stays open by default: longer than the idle time after which pooled
+# clients stop reusing one (httpx 5 s, aiohttp 15 s). With uvicorn's own 5 s, server and httpx expire a
+# connection together, and a client can send a request on a connection the server is closing at that moment
+# (it sees a read error, not an answer). Behind a load balancer, --keep-alive-s must exceed its idle timeout.
+KEEP_ALIVE_S = 20.0
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ServeConfig:
     allow_hub_adapters: bool = False
     max_body_mb: float = 4.0
     request_timeout_s: float = 60.0
+    keep_alive_s: float = KEEP_ALIVE_S
     device: str = "auto"
     dtype: str = "float32"
 
@@ -74,3 +76,7 @@ class ServeConfig:
             problems.append(f"--engine {self.engine!r} is not one of 'mixed', 'grouped'")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def uvicorn_options(self) -> dict:
+        """How uvicorn runs the app, for `serve` and the tests alike (call after `validate`)."""
+        return {"timeout_keep_alive": float(self.keep_alive_s), "timeout_graceful_shutdown": 30}
