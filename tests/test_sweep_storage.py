@@ -1,11 +1,12 @@
 """`sweep --storage URL`: several sweep processes share one Optuna study. Each trial and seed runs once, a
 killed worker's trial is retried in its own folder, the table equals the one a single process writes, on
-sqlite, a journal file and (where PostgreSQL is installed) a real PostgreSQL server; and the new flags'
-mistakes are one line each."""
+sqlite, a journal file and (where their servers are installed) real PostgreSQL and MariaDB (MySQL)
+servers; and the new flags' mistakes are one line each."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,7 +116,12 @@ def test_two_workers_share_a_grid_and_write_the_single_process_table(kind, tiny_
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_killed_workers_trial_is_retried_in_its_folder(kind, tiny_model_dir, glue_dir, reference,
                                                          tmp_path) -> None:
-    url = url_for(kind, tmp_path)
+    kill_one_worker_and_finish(url_for(kind, tmp_path), tiny_model_dir, glue_dir, reference, tmp_path)
+
+
+def kill_one_worker_and_finish(url: str, tiny_model_dir: Path, glue_dir: Path, reference: dict[str, str],
+                               tmp_path: Path) -> None:
+    """A worker killed (SIGKILL) while training its first trial; a second worker retries it in its folder."""
     root = tmp_path / "sweep"
     args = argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", url, "--heartbeat", "1",
                 grid=("lr=1e-3,2e-3",))
@@ -198,6 +204,95 @@ def test_two_workers_share_a_grid_on_postgresql(postgres_url, tiny_model_dir, gl
     root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, postgres_url)
     assert worked_slots(study_of(postgres_url)) == [0, 1, 2, 3]
     assert (root / "sweep.csv").read_text() == reference["four"]
+
+
+
+# ---- MySQL (MariaDB), where Debian's server is installed ------------------------------------------------
+
+@pytest.fixture()
+def mysql_url():
+    install, server = shutil.which("mariadb-install-db"), shutil.which("mariadbd") or (
+        "/usr/sbin/mariadbd" if Path("/usr/sbin/mariadbd").is_file() else None)
+    if install is None or server is None:
+        pytest.skip("no MariaDB server binaries (Debian: apt-get install mariadb-server); the sqlite and journal "
+                    "cases cover the same code")
+    pymysql = pytest.importorskip("pymysql", reason="pymysql (the dev extra) is SQLAlchemy's MySQL driver here")
+    data = Path(tempfile.mkdtemp(prefix="roberta-lora-mysql-"))
+    user = ["--user=root"] if os.geteuid() == 0 else []
+    init = subprocess.run([install, "--no-defaults", f"--datadir={data / 'db'}", "--skip-test-db",
+                           "--auth-root-authentication-method=normal", *user], capture_output=True, text=True)
+    if init.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"mariadb-install-db failed: {init.stderr.strip()[-300:]}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen([server, "--no-defaults", f"--datadir={data / 'db'}", f"--socket={data / 'sock'}",
+                             f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables", "--skip-log-bin",
+                             "--innodb-buffer-pool-size=32M", *user], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = pymysql.connect(host="127.0.0.1", port=port, user="root")
+                break
+            except pymysql.err.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"MariaDB did not start: {(data / 'server.log').read_text()[-300:]}")
+                time.sleep(0.2)
+        with connection, connection.cursor() as cursor:
+            cursor.execute("CREATE DATABASE optuna")
+        yield f"mysql+pymysql://root@127.0.0.1:{port}/optuna"
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_grid_on_mysql(mysql_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
+    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, mysql_url)
+    assert worked_slots(study_of(mysql_url)) == [0, 1, 2, 3]
+    assert (root / "sweep.csv").read_text() == reference["four"]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_on_mysql(mysql_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
+    kill_one_worker_and_finish(mysql_url, tiny_model_dir, glue_dir, reference, tmp_path)
+
+
+# ---- workers creating the schema together -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("message", "retried"), [
+    ("(sqlite3.OperationalError) table studies already exists", True),
+    ("(sqlite3.IntegrityError) UNIQUE constraint failed: version_info.version_info_id", True),
+    ('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "version_info_pkey"', True),
+    ("(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1' for key 'PRIMARY'\")", True),
+    ("(pymysql.err.OperationalError) (1050, \"Table 'studies' already exists\")", True),
+    ("(pymysql.err.OperationalError) (1045, \"Access denied for user 'root'\")", False),
+    ("(psycopg.OperationalError) connection refused", False),
+])
+def test_a_schema_race_is_retried_and_nothing_else(message, retried, monkeypatch) -> None:
+    from roberta_lora.training import shared_sweep
+
+    calls = []
+
+    def storage(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError(message)
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(shared_sweep.time, "sleep", lambda seconds: None)
+    if retried:
+        assert shared_sweep._open_rdb(optuna, "mysql+pymysql://h/db", "mysql", 5) == "storage" and len(calls) == 2
+    else:
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            shared_sweep._open_rdb(optuna, "mysql+pymysql://h/db", "mysql", 5)
+        assert len(calls) == 1
 
 
 # ---- the flags' mistakes: one line each, nothing written ---------------------------------------------------

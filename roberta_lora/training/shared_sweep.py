@@ -36,6 +36,9 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql")
 DRIVERS = {"postgresql": "psycopg (pip install 'psycopg[binary]'), or write postgresql+psycopg2://... for psycopg2",
            "mysql": "a MySQL driver (pip install pymysql, and write mysql+pymysql://...)"}
 MAX_RETRIES = 3
+# What a worker sees when another created the schema (or its version row) at the same moment: a table that
+# already exists (every SQL dialect), a duplicate row (sqlite, PostgreSQL, MySQL / MariaDB wording).
+SCHEMA_RACE = ("already exists", "UNIQUE constraint", "duplicate key", "Duplicate entry")
 READY_TIMEOUT_S = 120.0
 
 
@@ -127,7 +130,7 @@ def _open_rdb(optuna: Any, url: str, scheme: str, heartbeat: int) -> Any:
         except Exception as error:
             # Workers starting together race to create the schema; the loser finds it made and tries again.
             text = str(error)
-            if attempt == 3 or not ("already exists" in text or "UNIQUE constraint" in text or "duplicate key" in text):
+            if attempt == 3 or not any(sign in text for sign in SCHEMA_RACE):
                 raise
             time.sleep(0.5 + attempt)
             attempt += 1
