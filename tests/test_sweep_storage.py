@@ -206,7 +206,6 @@ def test_two_workers_share_a_grid_on_postgresql(postgres_url, tiny_model_dir, gl
     assert (root / "sweep.csv").read_text() == reference["four"]
 
 
-
 # ---- MySQL (MariaDB), where Debian's server is installed ------------------------------------------------
 
 @pytest.fixture()
