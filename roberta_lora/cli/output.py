@@ -13,6 +13,18 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
+def world_size() -> int:
+    """How many processes the launcher (accelerate launch / torchrun: WORLD_SIZE) started; 1 without one."""
+    text = os.environ.get("WORLD_SIZE", "1").strip()
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else 1
+
+
+def print_text(text: str = "", end: str = "\n", file=None) -> None:
+    """`print`, from the main process only: a multi-process launch prints each table and note once."""
+    if is_main_process():
+        print(text, end=end, file=file if file is not None else sys.stdout)
+
+
 def print_json(data: object) -> None:
     """Print one JSON document (the machine-readable output of most commands), from the main process only."""
     if is_main_process():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from roberta_lora.cli.output import print_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
@@ -33,6 +35,6 @@ def run_report(args: argparse.Namespace) -> int:
     from roberta_lora.training.report import write_report  # torch-heavy: only when the command runs
 
     report = write_report(args.output_dir, compare=args.compare, destination=args.output)
-    print(report.markdown, end="")
-    print("wrote " + ", ".join(str(p) for p in report.paths), file=sys.stderr)
+    print_text(report.markdown, end="")
+    print_text("wrote " + ", ".join(str(p) for p in report.paths), file=sys.stderr)
     return 0

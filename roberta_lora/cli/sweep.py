@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from roberta_lora.cli.output import print_text, world_size
 from roberta_lora.cli.train import add_training_flags, training_overrides
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
@@ -42,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    processes = world_size()
+    if processes > 1 and (args.storage is not None or args.optuna is not None):
+        which = "--storage" if args.storage is not None else "--optuna"
+        raise ConfigError(f"sweep {which} under a launch of {processes} processes: each process would take another "
+                          "trial and they would train them together; start one sweep worker per GPU instead "
+                          "(CUDA_VISIBLE_DEVICES=<i> roberta-lora sweep ... --storage URL), or launch a --grid "
+                          "sweep, whose processes train each trial together")
     from roberta_lora.training.shared_sweep import check_heartbeat, check_storage_url
     from roberta_lora.training.sweep import grid_sweep, optuna_sweep, parse_grid, storage_sweep
 
@@ -68,6 +76,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         rows = optuna_sweep(base, grid, seeds, root, args.optuna, progress=progress)
     else:
         rows = grid_sweep(base, grid, seeds, root, progress=progress)
-    print((root / "sweep.md").read_text())
-    print(f"written: {root / 'sweep.md'} and {root / 'sweep.csv'} ({len(rows)} trials)")
+    print_text((root / "sweep.md").read_text())
+    print_text(f"written: {root / 'sweep.md'} and {root / 'sweep.csv'} ({len(rows)} trials)")
     return 0

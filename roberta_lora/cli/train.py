@@ -19,7 +19,7 @@ from roberta_lora.choices import (
     QUANTIZE,
     TRACKERS,
 )
-from roberta_lora.cli.output import print_json
+from roberta_lora.cli.output import print_json, print_text
 from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
 from roberta_lora.sources import resolve_adapter
@@ -321,7 +321,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print_json(metrics)
     note = split_note(args.adapter, args.max_eval_samples)
     if note:
-        print(f"roberta-lora evaluate: note: {note}", file=sys.stderr)
+        print_text(f"roberta-lora evaluate: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -383,7 +383,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.adapter, model_id=args.model, allow_base_mismatch=args.allow_base_mismatch,
                           device=args.device, dtype=args.dtype)
     for result in predictor.predict(texts, pairs):
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        print_text(json.dumps(result, ensure_ascii=False))
     return 0
 
 
@@ -397,6 +397,6 @@ def run_train_all(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     table = train_all(tasks, methods, training_overrides(args), config_file=args.config,
                       output_dir=args.output_dir, progress=not args.no_progress, seeds=args.seeds)
-    print(table.markdown)
-    print(f"\nwritten: {table.markdown_path} and {table.csv_path}")
+    print_text(table.markdown)
+    print_text(f"\nwritten: {table.markdown_path} and {table.csv_path}")
     return 0

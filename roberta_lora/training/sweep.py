@@ -71,7 +71,9 @@ def check_sweep_folder(root: Path, space: dict[str, Any]) -> None:
     """A sweep writes into a new or empty folder, or continues its own sweep with the same space."""
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--output-dir {root} is a file; choose a folder name")
-    if not root.is_dir() or not any(root.iterdir()):
+    # Another process of the same launch may be writing sweep.json right now: its hidden temporary file is no
+    # sign of a foreign folder.
+    if not root.is_dir() or not any(not (p.name.startswith(".") and ".tmp" in p.name) for p in root.iterdir()):
         return
     if not (root / SWEEP_FILE).is_file():
         raise ConfigError(f"--output-dir {root} holds files that are not a roberta-lora sweep; choose a new folder")
