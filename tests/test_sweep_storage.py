@@ -52,11 +52,14 @@ def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 240
         assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
 
-def two_workers(model: Path, data: Path, tmp_path: Path, url: str) -> tuple[Path, list[Path]]:
-    """Two concurrent workers on the 4-combination grid sharing `url`; returns the sweep folder and their logs."""
+def two_workers(model: Path, data: Path, tmp_path: Path, url: str,
+                grid=("lr=1e-3,2e-3", "rank=2,4")) -> tuple[Path, list[Path]]:
+    """Two concurrent workers on a grid (4 combinations unless told) sharing `url`; returns the sweep folder and
+    their logs."""
     root = tmp_path / "sweep"
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
-    finish([worker(argv(model, data, root, tmp_path / "cache", "--storage", url), log) for log in logs], logs)
+    finish([worker(argv(model, data, root, tmp_path / "cache", "--storage", url, grid=grid), log) for log in logs],
+           logs)
     return root, logs
 
 
@@ -201,9 +204,9 @@ def postgres_url():
 
 @pytest.mark.slow
 def test_two_workers_share_a_grid_on_postgresql(postgres_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
-    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, postgres_url)
-    assert worked_slots(study_of(postgres_url)) == [0, 1, 2, 3]
-    assert (root / "sweep.csv").read_text() == reference["four"]
+    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, postgres_url, grid=("lr=1e-3,2e-3",))
+    assert worked_slots(study_of(postgres_url)) == [0, 1]  # the dialect's own test; sqlite and journal run the 4-grid
+    assert (root / "sweep.csv").read_text() == reference["two"]
 
 
 # ---- MySQL (MariaDB), where Debian's server is installed ------------------------------------------------
@@ -252,9 +255,9 @@ def mysql_url():
 
 @pytest.mark.slow
 def test_two_workers_share_a_grid_on_mysql(mysql_url, tiny_model_dir, glue_dir, reference, tmp_path) -> None:
-    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, mysql_url)
-    assert worked_slots(study_of(mysql_url)) == [0, 1, 2, 3]
-    assert (root / "sweep.csv").read_text() == reference["four"]
+    root, _ = two_workers(tiny_model_dir, glue_dir, tmp_path, mysql_url, grid=("lr=1e-3,2e-3",))
+    assert worked_slots(study_of(mysql_url)) == [0, 1]  # the dialect's own test; sqlite and journal run the 4-grid
+    assert (root / "sweep.csv").read_text() == reference["two"]
 
 
 @pytest.mark.slow
