@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from pathlib import Path
 
@@ -182,9 +183,32 @@ def test_an_optuna_sweep_prunes_and_continues(tiny_model_dir, glue_dir, tmp_path
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{root / 'optuna.db'}")
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len((root / "sweep.csv").read_text().splitlines()) == 1 + len(complete)
+    trained = [t for t in complete if "repeat_of" not in t.user_attrs]
+    assert len((root / "sweep.csv").read_text().splitlines()) == 1 + len(trained)  # a repeat is no second row
     assert main(argv) == 0  # all 3 done: nothing new runs
     assert len(optuna.load_study(study_name="sweep", storage=f"sqlite:///{root / 'optuna.db'}").trials) == 3
+
+
+def test_an_optuna_trial_that_draws_trained_settings_again_reuses_their_result(tiny_model_dir, glue_dir, tmp_path,
+                                                                                capsys, caplog) -> None:
+    """Optuna's sampler can draw a setting it has tried (always, with more trials than combinations): the
+    runs would be the same, so the result is reused instead of training again, and the table lists it once."""
+    optuna = pytest.importorskip("optuna")
+    root, cache = tmp_path / "optuna", tmp_path / "cache"
+    argv = ["sweep", "--task", "rte", "--grid", "lr=1e-3", "--seeds", "0", "--optuna", "3", "--model",
+            str(tiny_model_dir), "--data-dir", str(glue_dir), "--output-dir", str(root), "--epochs", "1",
+            "--batch-size", "8", "--no-progress", "--cache-dir", str(cache)]
+    with caplog.at_level(logging.INFO, logger="roberta_lora"):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert "--optuna 3 is more than the grid's 1 combination(s): only those are trained" in caplog.text
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{root / 'optuna.db'}")
+    first, *repeats = study.trials
+    assert [t.user_attrs.get("repeat_of") for t in study.trials] == [None, 0, 0]
+    assert all(t.value == first.value and t.params == first.params for t in repeats)
+    assert all(t.user_attrs["summary"] == first.user_attrs["summary"] for t in repeats)
+    assert sorted(p.name for p in root.glob("trial-*")) == ["trial-000"]  # trained once
+    assert len((root / "sweep.csv").read_text().splitlines()) == 2
+    assert "written:" in capsys.readouterr().out
 
 
 # The LoRA paper's RoBERTa GLUE settings (microsoft/LoRA examples/NLU scripts; large: the paper's Table 9,

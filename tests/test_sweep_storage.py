@@ -155,6 +155,21 @@ def test_optuna_trials_are_counted_across_workers(tiny_model_dir, glue_dir, tmp_
     assert worked_slots(study_of(url)) == [0, 1, 2]  # 3 in all, not 3 per worker
 
 
+def test_a_shared_optuna_slot_that_draws_trained_settings_reuses_their_result(tiny_model_dir, glue_dir,
+                                                                             tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    root = tmp_path / "sweep"
+    assert main(argv(tiny_model_dir, glue_dir, root, tmp_path / "cache", "--storage", url, "--optuna", "2",
+                     grid=("lr=1e-3",), seeds="0")) == 0
+    study = study_of(url)
+    done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+                  key=lambda t: t.user_attrs["slot"])
+    assert [t.user_attrs["slot"] for t in done] == [0, 1]
+    assert done[1].user_attrs["repeat_of"] == done[0].number and done[1].value == done[0].value
+    assert sorted(p.name for p in root.glob("trial-*")) == ["trial-000"]  # slot 1 trained nothing
+    assert len((root / "sweep.csv").read_text().splitlines()) == 2  # one row per trained setting
+
+
 # ---- PostgreSQL, where Debian's server is installed ------------------------------------------------------
 
 def postgres_bin() -> Path | None:

@@ -215,7 +215,9 @@ def work_through(study: Any, storage: Any, run_slot: Callable[[Any, int, dict[st
         if journal:
             retry_dead_journal_trials(study, storage, lock_dir, grace_s=2 * heartbeat)
         else:
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():  # "experimental" since optuna 2.9, once per trial otherwise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         if optuna.trial.TrialState.WAITING in states:
             try:
@@ -276,6 +278,7 @@ def stored_rows(study: Any, row: Callable[[int, dict[str, Any], dict[str, Any]],
     rows: dict[int, dict[str, Any]] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         slot = trial.user_attrs.get("slot")
-        if slot is not None and "summary" in trial.user_attrs and slot not in rows:
+        if slot is not None and "summary" in trial.user_attrs and "repeat_of" not in trial.user_attrs \
+                and slot not in rows:
             rows[slot] = row(slot, trial.params, trial.user_attrs["summary"])
     return [rows[slot] for slot in sorted(rows)]

@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def optuna_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / SWEEP_FILE, space)
     main_metric = load_task(base.task).main_metric
+    warn_if_more_trials_than_settings(grid, trials)
     study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{root / 'optuna.db'}", load_if_exists=True,
                                 direction="maximize", **search(seeds))
 
@@ -123,7 +125,7 @@ def optuna_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[
     if trials > done:
         study.optimize(objective, n_trials=trials - done, catch=())
     rows = [trial_row(t.number, t.params, t.user_attrs["summary"]) for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE]
+            if t.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in t.user_attrs]
     pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     logger.info("sweep: %d trials complete, %d pruned (%s)", len(rows), len(pruned), pruned)
     return write_table(root, rows, main_metric)
@@ -151,6 +153,7 @@ def storage_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence
         slots = [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
     else:
         slots = [{} for _ in range(trials)]
+        warn_if_more_trials_than_settings(grid, trials)
     main_metric = load_task(base.task).main_metric
     study = shared_sweep.shared_study(storage, study_name, space, slots, **search(seeds))
     root.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,13 @@ def run_trial(trial: Any, base: TrainConfig, params: dict[str, Any], folder: Pat
     summary stored on the trial; returns the median of the main metric."""
     import optuna
 
+    earlier = finished_with(trial, params)
+    if earlier is not None:  # the sampler drew settings already trained: the same runs would give the same result
+        logger.info("sweep: trial %d repeats the settings of trial %d; its result is reused, not trained again",
+                    trial.number, earlier.number)
+        trial.set_user_attr("repeat_of", earlier.number)
+        trial.set_user_attr("summary", earlier.user_attrs["summary"])
+        return earlier.value
     config = dataclasses.replace(base, **params, output_dir=str(folder), seed=seeds[0])
 
     def report(seed: int, epoch: int, metrics: dict[str, float]) -> None:
@@ -203,6 +213,24 @@ def run_trial(trial: Any, base: TrainConfig, params: dict[str, Any], folder: Pat
     summary = train_seeds(config, seeds, progress=progress, on_epoch_end=report)
     trial.set_user_attr("summary", summary)
     return summary["statistics"][main_metric]["median"]
+
+
+def finished_with(trial: Any, params: dict[str, Any]) -> Any:
+    """The first completed trial of `trial`'s study that ran `params` (not itself a repeat), or None."""
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.params == params and "summary" in other.user_attrs and "repeat_of" not in other.user_attrs:
+            return other
+    return None
+
+
+def warn_if_more_trials_than_settings(grid: dict[str, list[Any]], trials: int) -> None:
+    combinations = math.prod(len(values) for values in grid.values())
+    if trials > combinations:
+        logger.warning("sweep: --optuna %d is more than the grid's %d combination(s): only those are trained, and a "
+                       "trial that draws trained settings again reuses their result (--grid trains each combination "
+                       "once)", trials, combinations)
 
 
 def trial_row(number: int, params: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
