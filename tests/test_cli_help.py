@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from roberta_lora.cli.main import build_parser
+from roberta_lora.cli.main import build_parser, main
 
 
 def test_every_option_of_every_command_has_help_text() -> None:
@@ -92,3 +92,21 @@ def test_a_mistake_is_answered_before_torch_is_imported(argv, tmp_path) -> None:
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["predict", "--adapter", "a", "--txt", "hi"], "unrecognized arguments: --txt (did you mean --text?)"),
+    (["predict", "--adapter", "a", "--txt=hi"], "unrecognized arguments: --txt (did you mean --text?)"),
+    (["evaluate", "--adaptr", "a"], "unrecognized arguments: --adaptr (did you mean --adapter?)"),
+    (["predict", "--adapter", "a", "--zzzzzz"], "unrecognized arguments: --zzzzzz"),
+    # nothing mistyped: argparse's own message (a text that starts with -- but holds a space is a value)
+    (["predict", "--adapter", "a"], "one of the arguments --text --input is required"),
+    (["predict", "--adapter", "a", "--text-pair", "--so so"], "one of the arguments --text --input is required"),
+    (["evaluate", "--data-dir", "d"], "the following arguments are required: --adapter"),
+])
+def test_a_mistyped_flag_is_named_even_when_a_required_one_is_missing(argv, named, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"roberta-lora {argv[0]}: error: {named}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import threading
@@ -469,6 +470,17 @@ def test_serve_config_refuses_a_bad_keep_alive(value):
     with pytest.raises(ConfigError, match=r"--keep-alive-s must be") as error:
         ServeConfig(model="m", keep_alive_s=value).validate()
     assert repr(value) in str(error.value)
+
+
+def test_start_up_logs_no_rank_of_the_template_base(tiny_model_dir, root, caplog):
+    """The engine's base is built as a default LoRA wrapper; its "LoRA (r=8)" line named no served adapter
+    (a PiSSA adapter of rank 16 was served while the log said r=8)."""
+    from roberta_lora.serving.app import build_server
+
+    with caplog.at_level(logging.INFO, logger="roberta_lora"):
+        build_server(config(tiny_model_dir, root))
+    assert "LoRA (r=" not in caplog.text
+    assert logging.getLogger("roberta_lora.model.wrapper").level == logging.NOTSET  # put back
 
 
 def test_keep_alive_reaches_uvicorn(tiny_model_dir, root, monkeypatch):

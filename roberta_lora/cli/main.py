@@ -9,6 +9,7 @@ a stack trace. Building the parser imports no torch: `--help` answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -22,8 +23,27 @@ from roberta_lora.errors import RobertaLoraError
 COMMAND_MODULES = (model, data, train, sweep, report, adapters, hub, serve)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, except that a mistyped flag is named even when a required argument is missing too
+    (argparse reports the missing one first: `predict --adapter A --txt hi` only said --text was required)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # type: ignore[override]
+        flags = [token.partition("=")[0] for token in getattr(self, "_given", [])
+                 if token.startswith("--") and " " not in token]
+        known = list(self._option_string_actions)
+        unknown = [flag for flag in flags if not any(option.startswith(flag) for option in known)]
+        if unknown and "required" in message:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            message = f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {close[0]}?)" if close else "")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="roberta-lora",
         description="Train, evaluate and share LoRA adapters for RoBERTa on GLUE and SQuAD.",
     )

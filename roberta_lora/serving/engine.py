@@ -9,6 +9,7 @@ An engine is not thread-safe: the server drives it from one worker thread only.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,13 @@ class Engine:
         """The base as a LoraWrapperRoberta on the engine's device and dtype, its vocabulary checked."""
         from roberta_lora.model.wrapper import LoraWrapperRoberta
 
-        model = LoraWrapperRoberta(model_id=self.base_model, seed=0).eval()
+        wrapper_log = logging.getLogger("roberta_lora.model.wrapper")
+        level = wrapper_log.level
+        wrapper_log.setLevel(logging.WARNING)  # its "LoRA (r=8) on ..." line is this template's, no adapter's
+        try:
+            model = LoraWrapperRoberta(model_id=self.base_model, seed=0).eval()
+        finally:
+            wrapper_log.setLevel(level)
         check_vocabulary(self.tokenizer, model.config, self.base_model)
         self.model_config = model.config
         return model.to(device=self.device, dtype=self.dtype)
