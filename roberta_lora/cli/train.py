@@ -92,7 +92,8 @@ def resolve_run_glue_aliases(args: argparse.Namespace) -> None:
 
 def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
     """Every setting a user tunes; unset flags fall back to --config, then the task's recipe."""
-    parser.add_argument("--model", help="hub id or local checkpoint dir (default roberta-base; offline: a local dir)")
+    parser.add_argument("--model", help="hub id, local checkpoint dir or all-MiniLM-L6-v2 (packaged by the minilm "
+                        "extra: works offline); default roberta-base")
     parser.add_argument("--data-dir", help="local data root: GLUE layout (<dir>/SST-2/train.tsv ...) or squad/ JSON")
     if with_method:
         parser.add_argument("--method", choices=METHODS, help="what trains (default lora)")
@@ -169,7 +170,8 @@ def add_training_flags(parser: argparse.ArgumentParser, with_method: bool = True
                         "roberta head), tutorial (the task file's), lora-paper-base, lora-paper-large, or a recipe "
                         "TOML path (see recipes/README.md)")
     parser.add_argument("--seeds", type=seed_list, help="comma list of seeds (e.g. 0,1,2,3,4): one run per seed in "
-                        "<output-dir>/seed-<n>/ and a summary (median, mean, std, min, max at each best epoch)")
+                        "<output-dir>/seed-<n>/ (in a sweep: <output-dir>/trial-<k>/seed-<n>/) and a summary (median, mean, std, "
+                        "min, max at each best epoch)")
     parser.add_argument("--report-to", choices=TRACKERS, help="log loss, learning rate and validation metrics to "
                         "an experiment tracker (tensorboard: files in the run folder; default none)")
     parser.epilog = ("transformers' run_glue.py spellings are accepted too (--learning_rate, --num_train_epochs, "
