@@ -213,9 +213,11 @@ class ForkServer:
     file writes. `timeout` seconds end a hung child with SIGALRM.
     """
 
-    def __init__(self, env: dict[str, str], cwd: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path | None = None, preload: tuple[str, ...] = ()) -> None:
+        """`preload`: more modules to import once in the server (e.g. what a sweep worker needs)."""
+        code = "".join(f"import {module}\n" for module in preload) + SERVER_CODE
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=env, cwd=str(cwd or Path(__file__).resolve().parents[2]),
         )
         assert self._read() == "ready"
