@@ -226,14 +226,6 @@ def postgres_url():
         shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_two_workers_share_a_grid_on_postgresql(postgres_url, workers, tiny_model_dir, glue_dir, reference,
-                                                tmp_path) -> None:
-    root, _ = two_workers(workers, tiny_model_dir, glue_dir, tmp_path, postgres_url, grid=("lr=1e-3,2e-3",))
-    assert worked_slots(study_of(postgres_url)) == [0, 1]  # the dialect's own test; sqlite and journal run the 4-grid
-    assert (root / "sweep.csv").read_text() == reference["two"]
-
-
 # ---- MySQL (MariaDB), where Debian's server is installed ------------------------------------------------
 
 @pytest.fixture()
@@ -279,10 +271,12 @@ def mysql_url():
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_grid_on_mysql(mysql_url, workers, tiny_model_dir, glue_dir, reference,
-                                           tmp_path) -> None:
-    root, _ = two_workers(workers, tiny_model_dir, glue_dir, tmp_path, mysql_url, grid=("lr=1e-3,2e-3",))
-    assert worked_slots(study_of(mysql_url)) == [0, 1]  # the dialect's own test; sqlite and journal run the 4-grid
+@pytest.mark.parametrize("server_url", ["postgres_url", "mysql_url"])
+def test_two_workers_share_a_grid_on_a_database_server(server_url, request, workers, tiny_model_dir, glue_dir,
+                                                        reference, tmp_path) -> None:
+    url = request.getfixturevalue(server_url)  # skips where that server is not installed
+    root, _ = two_workers(workers, tiny_model_dir, glue_dir, tmp_path, url, grid=("lr=1e-3,2e-3",))
+    assert worked_slots(study_of(url)) == [0, 1]  # the dialect's own test; sqlite and journal run the 4-grid
     assert (root / "sweep.csv").read_text() == reference["two"]
 
 

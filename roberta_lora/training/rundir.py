@@ -50,6 +50,12 @@ _EXPECTED = {"best": _ADAPTER_FILES, FINAL_ADAPTER: _ADAPTER_FILES, "checkpoint"
 _LEFTOVER = re.compile(r"\.(?P<name>.+?)\.(?:[^.]+\.tmp.*|tmp|(?:new|old)-[0-9a-f]{8})")
 
 
+def is_write_leftover(name: str) -> bool:
+    """True for the hidden name of a write in progress or killed midway (an atomic write's temporary file,
+    a folder swap's staging folder), which says nothing about whose folder it is in."""
+    return _LEFTOVER.fullmatch(name) is not None
+
+
 def is_run_folder(run_dir: Path) -> bool:
     """True for a folder `train` made: it has the marker, or an earlier version's run config."""
     with contextlib.suppress(OSError):

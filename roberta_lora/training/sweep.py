@@ -23,6 +23,7 @@ from roberta_lora.data.tasks import load_task
 from roberta_lora.errors import ConfigError
 from roberta_lora.fileio import atomic_write_json, atomic_write_text
 from roberta_lora.training.config import FIELD_FLAGS, RECIPE_FIELDS, TrainConfig
+from roberta_lora.training.rundir import is_write_leftover
 from roberta_lora.training.seeds import train_seeds
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def check_sweep_folder(root: Path, space: dict[str, Any]) -> None:
         raise ConfigError(f"--output-dir {root} is a file; choose a folder name")
     # Another process of the same launch may be writing sweep.json right now: its hidden temporary file is no
     # sign of a foreign folder.
-    if not root.is_dir() or not any(not (p.name.startswith(".") and ".tmp" in p.name) for p in root.iterdir()):
+    if not root.is_dir() or all(is_write_leftover(p.name) for p in root.iterdir()):
         return
     if not (root / SWEEP_FILE).is_file():
         raise ConfigError(f"--output-dir {root} holds files that are not a roberta-lora sweep; choose a new folder")
